@@ -1,0 +1,108 @@
+"""Convolutional encoder and decoder for 64x64 frames, written as matmuls.
+
+The encoder halves the resolution four times while doubling depth (DreamerV3's
+layout); the decoder mirrors it with sub-pixel convolutions (Shi et al., 2016).
+XLA's CPU convolutions with stride 2 (and their gradients, which dilate the
+input) run about 20x below the machine's matmul rate, so both are written
+as sums of shifted matmuls: a 4x4 stride-2 convolution is space-to-depth
+followed by a 2x2 stride-1 one; an upsampling layer is a 3x3 convolution to
+4x the channels followed by depth-to-space. Same maths, matmul speed,
+`python -m experiments.benchmark --only conv` measures both forms.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def shifted_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'VALID' stride-1 convolution as a sum of matmuls. x (N, H, W, C), kernel (k, k, C, O) -> (N, H-k+1, W-k+1, O)."""
+    k = kernel.shape[0]
+    H, W = x.shape[1] - k + 1, x.shape[2] - k + 1
+    out = 0.0
+    for dy in range(k):
+        for dx in range(k):
+            out = out + x[:, dy : dy + H, dx : dx + W, :] @ kernel[dy, dx]
+    return out
+
+
+def space_to_depth(x: jax.Array) -> jax.Array:
+    """(N, 2H, 2W, C) -> (N, H, W, 4C)."""
+    N, H, W, C = x.shape
+    x = x.reshape(N, H // 2, 2, W // 2, 2, C).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(N, H // 2, W // 2, 4 * C)
+
+
+def depth_to_space(x: jax.Array) -> jax.Array:
+    """(N, H, W, 4C) -> (N, 2H, 2W, C)."""
+    N, H, W, C4 = x.shape
+    x = x.reshape(N, H, W, 2, 2, C4 // 4).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(N, 2 * H, 2 * W, C4 // 4)
+
+
+class Down(nnx.Module):
+    """4x4 convolution, stride 2, 'SAME' padding: (N, 2H, 2W, C) -> (N, H, W, O)."""
+
+    def __init__(self, channels: int, out: int, *, rngs: nnx.Rngs):
+        # A 4x4 kernel over pixels is a 2x2 kernel over 2x2 blocks of 4C channels.
+        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (2, 2, 4 * channels, out)))
+        self.bias = nnx.Param(jnp.zeros((out,)))
+
+    def __call__(self, x):
+        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        return shifted_conv(space_to_depth(x), self.kernel[...]) + self.bias[...]
+
+
+class Up(nnx.Module):
+    """Sub-pixel upsampling: 3x3 convolution to 4x the channels, then depth-to-space: (N, H, W, C) -> (N, 2H, 2W, O)."""
+
+    def __init__(self, channels: int, out: int, *, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (3, 3, channels, 4 * out)))
+        self.bias = nnx.Param(jnp.zeros((4 * out,)))
+
+    def __call__(self, x):
+        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        return depth_to_space(shifted_conv(x, self.kernel[...]) + self.bias[...])
+
+
+class Encoder(nnx.Module):
+    """uint8 image (..., H, W, 3) -> features (..., F). H and W must divide by 2**len(mults)."""
+
+    def __init__(self, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, rngs: nnx.Rngs):
+        scale = 2 ** len(mults)
+        if size[0] % scale or size[1] % scale:
+            raise ValueError(f"Image size {size} must divide by {scale} (2 ** number of conv layers).")
+        channels = [3] + [depth * m for m in mults]
+        self.convs = nnx.List([Down(c_in, c_out, rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
+        self.norms = nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels[1:]])
+        self.out_features = (size[0] // scale) * (size[1] // scale) * channels[-1]
+
+    def __call__(self, image: jax.Array) -> jax.Array:
+        lead = image.shape[:-3]
+        x = image.reshape(-1, *image.shape[-3:]).astype(jnp.float32) / 255.0 - 0.5
+        for conv, norm in zip(self.convs, self.norms):
+            x = jax.nn.silu(norm(conv(x)))
+        return x.reshape(*lead, -1)
+
+
+class Decoder(nnx.Module):
+    """features (..., F) -> image in [-0.5, 0.5] (..., H, W, 3), the mean of a unit Gaussian."""
+
+    def __init__(self, features: int, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, rngs: nnx.Rngs):
+        scale = 2 ** len(mults)
+        self.start = (size[0] // scale, size[1] // scale, depth * mults[-1])
+        self.proj = nnx.Linear(features, self.start[0] * self.start[1] * self.start[2], rngs=rngs)
+        channels = [depth * m for m in reversed(mults)] + [3]
+        self.convs = nnx.List([Up(c_in, c_out, rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
+        self.norms = nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels[1:-1]])
+
+    def __call__(self, features: jax.Array) -> jax.Array:
+        lead = features.shape[:-1]
+        x = self.proj(features.reshape(-1, features.shape[-1])).reshape(-1, *self.start)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.norms):
+                x = jax.nn.silu(self.norms[i](x))
+        return x.reshape(*lead, *x.shape[1:])

@@ -1,0 +1,214 @@
+"""Temporal backbones of the world model, all behind one interface (DESIGN.md):
+
+    init_carry(batch)                   -> carry
+    sequence(x (B,T,D), carry, reset)   -> y (B,T,D), carry     training; parallel where the model allows
+    step(x (B,D), carry, reset)         -> y (B,D), carry       imagination; one step
+
+`reset` (B,T) or (B,) is `is_first`: the state is cleared before that step.
+`sequence` followed by `step` equals `step` throughout (tests/test_backbones.py).
+
+- `ssm`: stacked S5 layers (parallel scan over time; O(1) state per step).
+- `ssm-selective`: the same with input-dependent step sizes.
+- `gru`: a GRU over time, the deterministic path of the RSSM baseline (sequential in T).
+- `transformer`: a causal Transformer; its carry is a key/value cache of the last `context` steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from embodied.nn.ssm import DiagonalSSM
+
+Kind = Literal["ssm", "ssm-selective", "gru", "transformer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+    kind: Kind = "ssm"
+    """Temporal layer: ssm (default), ssm-selective, gru, transformer."""
+    dim: int = 256
+    """Width D of the backbone's input, output and residual stream."""
+    layers: int = 2
+    """Stacked blocks (SSM and Transformer); the GRU has one recurrent layer."""
+    state: int = 128
+    """Complex states P per SSM layer."""
+    heads: int = 4
+    """Transformer attention heads."""
+    context: int = 64
+    """Transformer key/value cache: steps of history each step attends to."""
+
+
+class MLP(nnx.Module):
+    def __init__(self, dim: int, hidden: int, rngs: nnx.Rngs):
+        self.up = nnx.Linear(dim, hidden, rngs=rngs)
+        self.down = nnx.Linear(hidden, dim, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down(jax.nn.gelu(self.up(x)))
+
+
+class SSMBackbone(nnx.Module):
+    """Pre-norm residual blocks: x + MLP(norm(x + SSM(norm(x)))). Carry: list of (B, P) complex states."""
+
+    def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
+        selective = config.kind == "ssm-selective"
+        self.norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
+        self.ssms = nnx.List([DiagonalSSM(config.dim, config.state, selective=selective, rngs=rngs) for _ in range(config.layers)])
+        self.mlp_norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
+        self.mlps = nnx.List([MLP(config.dim, 2 * config.dim, rngs) for _ in range(config.layers)])
+
+    def init_carry(self, batch: int):
+        return [ssm.init_carry(batch) for ssm in self.ssms]
+
+    def _blocks(self, x, carry, reset, method: str):
+        new_carry = []
+        for norm, ssm, mlp_norm, mlp, h in zip(self.norms, self.ssms, self.mlp_norms, self.mlps, carry, strict=True):
+            y, h = getattr(ssm, method)(norm(x), h, reset)
+            x = x + y
+            x = x + mlp(mlp_norm(x))
+            new_carry.append(h)
+        return x, new_carry
+
+    def sequence(self, x, carry, reset):
+        return self._blocks(x, carry, reset, "sequence")
+
+    def step(self, x, carry, reset):
+        return self._blocks(x, carry, reset, "step")
+
+
+def gru_cell(params: dict, h: jax.Array, x: jax.Array, reset: jax.Array) -> jax.Array:
+    """One GRU step (Cho et al., 2014) with the state cleared where `reset`. h (B,D), x (B,D), reset (B,)."""
+    h = h * (1.0 - reset[:, None])
+    gates = x @ params["wx"] + h @ params["wh"] + params["b"]
+    r, z, _ = jnp.split(gates, 3, axis=-1)
+    r, z = jax.nn.sigmoid(r), jax.nn.sigmoid(z)
+    # The candidate sees the reset-gated state through its own recurrent weights.
+    d = h.shape[-1]
+    n = jnp.tanh(x @ params["wx"][:, 2 * d :] + (r * h) @ params["wh"][:, 2 * d :] + params["b"][2 * d :])
+    return (1.0 - z) * n + z * h
+
+
+class GRUBackbone(nnx.Module):
+    """A GRU over time, then a residual MLP. Carry: (B, D)."""
+
+    def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
+        D = config.dim
+        init = nnx.initializers.lecun_normal()
+        self.wx = nnx.Param(init(rngs.params(), (D, 3 * D)))
+        self.wh = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (D, 3 * D)))
+        self.b = nnx.Param(jnp.zeros((3 * D,)))
+        self.norm = nnx.LayerNorm(D, rngs=rngs)
+        self.mlp = MLP(D, 2 * D, rngs)
+        self.dim = D
+
+    def init_carry(self, batch: int):
+        return jnp.zeros((batch, self.dim))
+
+    def _params(self):
+        return {"wx": self.wx[...], "wh": self.wh[...], "b": self.b[...]}
+
+    def _out(self, h):
+        return h + self.mlp(self.norm(h))
+
+    def sequence(self, x, carry, reset):
+        params = self._params()
+
+        def body(h, inputs):
+            h = gru_cell(params, h, *inputs)
+            return h, h
+
+        carry, hs = jax.lax.scan(body, carry, (x.swapaxes(0, 1), reset.swapaxes(0, 1).astype(x.dtype)))
+        return self._out(hs.swapaxes(0, 1)), carry
+
+    def step(self, x, carry, reset):
+        h = gru_cell(self._params(), carry, x, reset.astype(x.dtype))
+        return self._out(h), h
+
+
+class TransformerBackbone(nnx.Module):
+    """Causal pre-norm Transformer whose carry is a key/value cache of the last `context` steps.
+
+    Carry: keys and values (layers, B, context, heads, D/heads), `episode` (B, context) and
+    `age` (context,) of each cached step: a query attends to cached and new keys of its own
+    episode no more than `context - 1` steps back. Memory per imagined step is O(context),
+    and so is compute, against O(1) for the SSM.
+    """
+
+    def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
+        D, L = config.dim, config.layers
+        if D % config.heads:
+            raise ValueError(f"Transformer dim {D} must divide by heads {config.heads}.")
+        self.heads, self.context, self.layers, self.dim = config.heads, config.context, L, D
+        self.pos = nnx.Param(jax.random.normal(rngs.params(), (config.context, D)) * 0.02)
+        self.norms = nnx.List([nnx.LayerNorm(D, rngs=rngs) for _ in range(L)])
+        self.qkv = nnx.List([nnx.Linear(D, 3 * D, rngs=rngs) for _ in range(L)])
+        self.out = nnx.List([nnx.Linear(D, D, rngs=rngs) for _ in range(L)])
+        self.mlp_norms = nnx.List([nnx.LayerNorm(D, rngs=rngs) for _ in range(L)])
+        self.mlps = nnx.List([MLP(D, 2 * D, rngs) for _ in range(L)])
+
+    def init_carry(self, batch: int):
+        shape = (self.layers, batch, self.context, self.heads, self.dim // self.heads)
+        return {
+            "k": jnp.zeros(shape),
+            "v": jnp.zeros(shape),
+            # Episode -1 is an empty slot: no query ever belongs to it.
+            "episode": jnp.full((batch, self.context), -1, jnp.int32),
+            "time": jnp.zeros((), jnp.int32),
+        }
+
+    def sequence(self, x, carry, reset):
+        B, T, D = x.shape
+        C, H = self.context, self.heads
+        # Episode index of each new step, continuing the count of the newest cached step.
+        last = carry["episode"][:, -1:]
+        episode = jnp.maximum(last, 0) + jnp.cumsum(reset.astype(jnp.int32), axis=1)
+        episode = jnp.where(last < 0, jnp.maximum(episode, 0), episode)
+        keys_episode = jnp.concatenate([carry["episode"], episode], axis=1)  # (B, C+T)
+        # Positions: cached slot j is C-j steps before the first new step.
+        q_time = jnp.arange(T)
+        k_time = jnp.arange(-C, T)
+        distance = q_time[:, None] - k_time[None, :]
+        mask = (distance >= 0) & (distance < C)
+        mask = mask[None] & (episode[:, :, None] == keys_episode[:, None, :])  # (B, T, C+T)
+        # A learned embedding of the step's position in the cache window.
+        t = carry["time"] + jnp.arange(T)
+        x = x + self.pos[...][t % C]
+        new_k, new_v = [], []
+        for i in range(self.layers):
+            q, k, v = jnp.split(self.qkv[i](self.norms[i](x)), 3, axis=-1)
+            q, k, v = (a.reshape(B, T, H, D // H) for a in (q, k, v))
+            k_all = jnp.concatenate([carry["k"][i], k], axis=1)
+            v_all = jnp.concatenate([carry["v"][i], v], axis=1)
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k_all) / jnp.sqrt(D // H)
+            logits = jnp.where(mask[:, None], logits, -1e30)
+            attn = jax.nn.softmax(logits, axis=-1)
+            y = jnp.einsum("bhqk,bkhd->bqhd", attn, v_all).reshape(B, T, D)
+            x = x + self.out[i](y)
+            x = x + self.mlps[i](self.mlp_norms[i](x))
+            new_k.append(k_all[:, -C:])
+            new_v.append(v_all[:, -C:])
+        carry = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "episode": keys_episode[:, -C:], "time": carry["time"] + T}
+        return x, carry
+
+    def step(self, x, carry, reset):
+        y, carry = self.sequence(x[:, None], carry, reset[:, None])
+        return y[:, 0], carry
+
+
+BACKBONES: dict[str, type[nnx.Module]] = {
+    "ssm": SSMBackbone,
+    "ssm-selective": SSMBackbone,
+    "gru": GRUBackbone,
+    "transformer": TransformerBackbone,
+}
+
+
+def make_backbone(config: BackboneConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    if config.kind not in BACKBONES:
+        raise ValueError(f"Unknown backbone {config.kind!r}; choose one of {sorted(BACKBONES)}.")
+    return BACKBONES[config.kind](config, rngs=rngs)

@@ -1,0 +1,110 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from embodied.nn import distributions as dist
+from embodied.nn.conv import depth_to_space, shifted_conv, space_to_depth, Down
+from embodied.nn.ssm import SSMEigen
+from embodied.worldmodel.backbones import BackboneConfig
+from embodied.worldmodel.imagine import imagine
+from embodied.worldmodel.model import Spec, WorldModel, WorldModelConfig
+from embodied.worldmodel.train import OptimConfig, decay_mask, init_state, make_optimizer, make_train_step, model_of, skipped_updates
+
+TINY = WorldModelConfig(backbone=BackboneConfig(dim=16, state=8, layers=1), depth=4, latent_vars=4, latent_classes=4, hidden=16, reward_bins=15)
+SPEC = Spec(image=(16, 16, 3), proprio=3, action=2)
+
+
+def batch(B=2, T=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(
+        image=rng.integers(0, 255, (B, T, 16, 16, 3), np.uint8),
+        proprio=rng.normal(size=(B, T, 3)).astype(np.float32),
+        action=rng.uniform(-1, 1, (B, T, 2)).astype(np.float32),
+        reward=rng.normal(size=(B, T)).astype(np.float32),
+        is_first=np.zeros((B, T), bool),
+        is_terminal=np.zeros((B, T), bool),
+    )
+
+
+def test_twohot_by_hand():
+    bins = jnp.array([-1.0, 0.0, 1.0, 2.0])
+    # symlog(e - 1) = 1: all weight on bin 2; symlog(x) = 0.25: 3/4 on bin 1, 1/4 on bin 2.
+    np.testing.assert_allclose(dist.twohot(jnp.e - 1.0, bins), [0, 0, 1, 0], atol=1e-6)
+    np.testing.assert_allclose(dist.twohot(dist.symexp(0.25), bins), [0, 0.75, 0.25, 0], atol=1e-6)
+    logits = jnp.log(jnp.array([0.0, 0.75, 0.25, 0.0]) + 1e-30)
+    np.testing.assert_allclose(dist.twohot_mean(logits, bins), dist.symexp(0.25), rtol=1e-5)
+
+
+def test_matmul_convolutions_equal_xla_convolutions():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, 3, 5))
+    expected = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    down = Down(3, 5, rngs=nnx.Rngs(0))
+    # Rearrange the 4x4 pixel kernel into Down's 2x2 kernel over 2x2 blocks.
+    down.kernel[...] = kernel.reshape(2, 2, 2, 2, 3, 5).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 12, 5)
+    np.testing.assert_allclose(down(x), expected, atol=1e-4)
+    k3 = jax.random.normal(jax.random.key(2), (3, 3, 3, 5))
+    np.testing.assert_allclose(shifted_conv(x, k3), jax.lax.conv_general_dilated(x, k3, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), atol=1e-4)
+    np.testing.assert_array_equal(depth_to_space(space_to_depth(x)), x)
+
+
+def test_train_step_lowers_the_loss_and_skips_nan_batches():
+    model = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
+    optimizer = make_optimizer(OptimConfig(lr=3e-3))
+    graphdef, state = init_state(model, optimizer)
+    step = jax.jit(make_train_step(graphdef, optimizer))
+    data = batch()
+    losses = []
+    for i in range(30):
+        state, metrics = step(state, data, jax.random.key(i))
+        losses.append(float(metrics["loss"]))
+    assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0]
+    bad = {**data, "proprio": data["proprio"].copy()}
+    bad["proprio"][0, 0, 0] = np.nan
+    before = state.params
+    state, metrics = step(state, bad, jax.random.key(99))
+    assert int(skipped_updates(state)) == 1 and int(metrics["skipped"]) == 1
+    jax.tree.map(np.testing.assert_array_equal, before, state.params)
+
+
+def test_ssm_eigenvalues_get_no_weight_decay():
+    model = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    mask = decay_mask(params)
+    flags = {jax.tree_util.keystr(path): flag for path, flag in jax.tree_util.tree_leaves_with_path(mask)}
+    eigen = {jax.tree_util.keystr(path) for path, v in jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable)) if isinstance(v, SSMEigen)}
+    assert eigen and all(not flags[p] for p in eigen)
+    assert sum(flags.values()) == len(flags) - len(eigen)
+    # And the optimiser really leaves them alone when gradients are zero.
+    tx = optax.adamw(1.0, weight_decay=0.5, mask=decay_mask)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    values = dict(jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    for path, u in jax.tree_util.tree_leaves_with_path(updates, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        if jnp.any(values[path][...] != 0):  # decay of a zero parameter is zero anyway
+            assert bool(jnp.all(u[...] == 0)) == (jax.tree_util.keystr(path) in eigen)
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru", "transformer"])
+def test_imagine_shapes_and_open_loop_actions(kind):
+    config = WorldModelConfig(**{**TINY.__dict__, "backbone": BackboneConfig(kind=kind, dim=16, state=8, layers=1, heads=2, context=16)})
+    model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
+    data = batch(B=3, T=4)
+    start = model.start(data, jax.random.key(0))
+    H = 5
+    policy = lambda feat, key: jnp.tanh(feat[:, :2])  # noqa: E731
+    traj = jax.jit(lambda s, k: imagine(model, policy, s, H, k, decode=True))(start, jax.random.key(1))
+    assert traj.latents.shape == (3, H, 4, 4) and traj.actions.shape == (3, H, 2)
+    assert traj.rewards.shape == (3, H) and traj.continues.shape == (3, H)
+    assert traj.frames.shape == (3, H, 16, 16, 3) and float(traj.frames.min()) >= 0.0
+    recorded = jnp.ones((3, H, 2)) * 0.5
+    traj = imagine(model, None, start, H, jax.random.key(1), actions=recorded)
+    np.testing.assert_array_equal(traj.actions, recorded)
+
+
+def test_model_needs_some_observation():
+    with pytest.raises(ValueError, match="image or proprio"):
+        Spec(image=None, proprio=None, action=1)
