@@ -1,0 +1,37 @@
+"""Metrics to JSON lines and TensorBoard, side by side in a run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+
+
+class Logger:
+    """`write(step, metrics)` appends a line to metrics.jsonl and scalars to TensorBoard."""
+
+    def __init__(self, directory: str | os.PathLike, tensorboard: bool = True):
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.directory / "metrics.jsonl", "a")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.directory / "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, int(step))
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
