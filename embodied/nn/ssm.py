@@ -26,11 +26,14 @@ from flax import nnx
 # Pure helpers.
 
 
-def discretize_zoh(Lambda: jax.Array, B: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Zero-order hold. Lambda (complex64) (P,), B (complex64) (P, H), step (..., P) -> Lambda_bar (..., P), B_bar (..., P, H)."""
+def discretize_zoh(Lambda: jax.Array, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Zero-order hold. Lambda (complex64) (P,), step (..., P) -> Lambda_bar (..., P), gain (..., P).
+
+    B_bar = gain[:, None] * B is diagonal-times-B, so B_bar u = gain * (B u): the
+    (P, H) matrix per step is never formed, which matters when `step` varies with t.
+    """
     Lambda_bar = jnp.exp(Lambda * step)
-    B_bar = ((Lambda_bar - 1.0) / Lambda)[..., None] * B
-    return Lambda_bar, B_bar
+    return Lambda_bar, (Lambda_bar - 1.0) / Lambda
 
 
 def binary_operator(left, right):
@@ -99,10 +102,8 @@ class DiagonalSSM(nnx.Module):
         log_step = self.log_step[...]
         if self.selective:
             log_step = log_step + self.step_proj(u)
-            Lambda_bar, B_bar = discretize_zoh(Lambda, B, jnp.exp(log_step))
-            return Lambda_bar, jnp.einsum("...ph,...h->...p", B_bar, u.astype(B_bar.dtype))
-        Lambda_bar, B_bar = discretize_zoh(Lambda, B, jnp.exp(log_step))
-        return Lambda_bar, u.astype(B_bar.dtype) @ B_bar.T
+        Lambda_bar, gain = discretize_zoh(Lambda, jnp.exp(log_step))
+        return Lambda_bar, gain * (u.astype(B.dtype) @ B.T)
 
     def _output(self, h: jax.Array, u: jax.Array) -> jax.Array:
         C = self.C_re[...] + 1j * self.C_im[...]
