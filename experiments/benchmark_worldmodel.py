@@ -19,12 +19,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import tyro
 from flax import nnx
 
-from embodied.worldmodel import BackboneConfig, Spec, WorldModel, WorldModelConfig, imagine
+from embodied.worldmodel import BackboneConfig, ImagineState, Spec, WorldModel, WorldModelConfig, imagine, make_backbone
 from experiments.benchmark import table
 
 WIDTHS = {"ssm": 256, "ssm-selective": 248, "gru": 280, "transformer": 224}
@@ -57,9 +56,9 @@ def count(tree) -> int:
 
 
 class Probe(nnx.Module):
-    def __init__(self, config: BackboneConfig, rngs: nnx.Rngs):
-        from embodied.worldmodel import make_backbone
+    """A backbone alone, as a module to split into parameters."""
 
+    def __init__(self, config: BackboneConfig, rngs: nnx.Rngs):
         self.backbone = make_backbone(config, rngs=rngs)
 
 
@@ -114,8 +113,6 @@ def imagine_rows(args: Args) -> str:
         @jax.jit
         def run(params, key):
             m = nnx.merge(graphdef, params)
-            from embodied.worldmodel import ImagineState
-
             policy = lambda feat, k: jnp.tanh(feat[:, :2])  # noqa: E731
             return imagine(m, policy, ImagineState(**start), H, key).rewards
 
