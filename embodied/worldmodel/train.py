@@ -24,7 +24,8 @@ from embodied.worldmodel.model import WorldModel
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 3e-4
+    lr: float = 1e-3
+    """Adam step size. One cartpole run at 1e-3 beat one at 3e-4 at every horizon step (README; not a controlled comparison)."""
     eps: float = 1e-8
     clip: float = 1000.0
     """Global gradient-norm clip."""
