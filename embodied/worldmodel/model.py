@@ -117,7 +117,7 @@ class WorldModel(nnx.Module):
 
     def heads(self, y: jax.Array, z_next: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Reward logits (..., bins) and continue logits (...) of the step that z_next starts."""
-        feat = jnp.concatenate([y, z_next.reshape(*z_next.shape[:-2], -1)], -1)
+        feat = self.features(y, z_next)
         return self.reward(feat), self.cont(feat)[..., 0]
 
     def decode(self, z: jax.Array) -> dict[str, jax.Array]:
