@@ -31,6 +31,17 @@ class Logger:
                 self._tb.add_scalar(key, value, int(step))
             self._tb.flush()
 
+    @staticmethod
+    def truncate(directory: str | os.PathLike, step: int) -> None:
+        """Drops metrics.jsonl lines after `step`: a resumed run continues the curve from its checkpoint."""
+        path = pathlib.Path(directory) / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
     def close(self) -> None:
         self._jsonl.close()
         if self._tb is not None:

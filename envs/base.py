@@ -109,6 +109,11 @@ class MujocoTask(gym.Env, abc.ABC):
 
     # The Gymnasium API.
 
+    @property
+    def action_repeat(self) -> int:
+        """Simulator steps per agent step: environment-step budgets count these."""
+        return self._repeat
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         proprio = self._reset_physics(seed)

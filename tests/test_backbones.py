@@ -60,3 +60,19 @@ def test_reset_forgets_the_past(kind):
     y2, _ = model.sequence(other_past, model.init_carry(B), reset)
     assert not np.allclose(y1[:, :3], y2[:, :3])
     np.testing.assert_allclose(y1[:, 3:], y2[:, 3:], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(BACKBONES))
+def test_states_are_the_carries_step_reaches(kind):
+    B, T, D = 2, 10, 16
+    model = make_backbone(BackboneConfig(kind=kind, dim=D, layers=2, state=8, heads=2, context=4), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (B, T, D))
+    reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[0, 4].set(True)
+    y_all, carries = model.states(x, model.init_carry(B), reset)
+    y_seq, final = model.sequence(x, model.init_carry(B), reset)
+    np.testing.assert_allclose(y_all, y_seq, atol=1e-5)
+    jax.tree.map(lambda c, f: np.testing.assert_allclose(c[:, -1], f, atol=1e-5), carries, final)
+    # Continuing from the carry after step 5 gives what stepping through gives.
+    mid = jax.tree.map(lambda c: c[:, 5], carries)
+    y_from_mid, _ = model.step(x[:, 6], mid, reset[:, 6])
+    np.testing.assert_allclose(y_from_mid, y_seq[:, 6], atol=2e-4, rtol=2e-4)

@@ -114,10 +114,15 @@ class DiagonalSSM(nnx.Module):
 
     def sequence(self, u: jax.Array, carry: jax.Array, reset: jax.Array) -> tuple[jax.Array, jax.Array]:
         """u (B, T, H), carry (B, P), reset (B, T) -> y (B, T, H), carry (B, P)."""
+        y, h = self.states(u, carry, reset)
+        return y, h[:, -1]
+
+    def states(self, u: jax.Array, carry: jax.Array, reset: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Like `sequence`, but returns the state after every step: y (B, T, H), h (B, T, P)."""
         Lambda_bar, Bu = self._matrices(u)
         scan = jax.vmap(apply_ssm, in_axes=(0 if self.selective else None, 0, 0, 0))
         h = scan(Lambda_bar, Bu, reset.astype(jnp.float32), carry)
-        return self._output(h, u), h[:, -1]
+        return self._output(h, u), h
 
     def step(self, u: jax.Array, carry: jax.Array, reset: jax.Array) -> tuple[jax.Array, jax.Array]:
         """u (B, H), carry (B, P), reset (B,) -> y (B, H), carry (B, P)."""

@@ -3,9 +3,13 @@
     init_carry(batch)                   -> carry
     sequence(x (B,T,D), carry, reset)   -> y (B,T,D), carry     training; parallel where the model allows
     step(x (B,D), carry, reset)         -> y (B,D), carry       imagination; one step
+    states(x (B,T,D), carry, reset)     -> y (B,T,D), carries   the carry after every step, each leaf (B,T,...)
 
 `reset` (B,T) or (B,) is `is_first`: the state is cleared before that step.
-`sequence` followed by `step` equals `step` throughout (tests/test_backbones.py).
+`sequence` followed by `step` equals `step` throughout, and `states` gives the
+carries `step` would have reached (tests/test_backbones.py). Every carry leaf
+has the batch on axis 0, so carries of many starts flatten into one batch:
+the agent imagines from every step of a replayed sequence this way.
 
 - `ssm`: stacked S5 layers (parallel scan over time; O(1) state per step).
 - `ssm-selective`: the same with input-dependent step sizes.
@@ -80,6 +84,9 @@ class SSMBackbone(nnx.Module):
     def step(self, x, carry, reset):
         return self._blocks(x, carry, reset, "step")
 
+    def states(self, x, carry, reset):
+        return self._blocks(x, carry, reset, "states")
+
 
 def gru_cell(params: dict, h: jax.Array, x: jax.Array, reset: jax.Array) -> jax.Array:
     """One GRU step (Cho et al., 2014) with the state cleared where `reset`. h (B,D), x (B,D), reset (B,)."""
@@ -116,14 +123,19 @@ class GRUBackbone(nnx.Module):
         return h + self.mlp(self.norm(h))
 
     def sequence(self, x, carry, reset):
+        y, hs = self.states(x, carry, reset)
+        return y, hs[:, -1]
+
+    def states(self, x, carry, reset):
         params = self._params()
 
         def body(h, inputs):
             h = gru_cell(params, h, *inputs)
             return h, h
 
-        carry, hs = jax.lax.scan(body, carry, (x.swapaxes(0, 1), reset.swapaxes(0, 1).astype(x.dtype)))
-        return self._out(hs.swapaxes(0, 1)), carry
+        _, hs = jax.lax.scan(body, carry, (x.swapaxes(0, 1), reset.swapaxes(0, 1).astype(x.dtype)))
+        hs = hs.swapaxes(0, 1)
+        return self._out(hs), hs
 
     def step(self, x, carry, reset):
         h = gru_cell(self._params(), carry, x, reset.astype(x.dtype))
@@ -133,10 +145,10 @@ class GRUBackbone(nnx.Module):
 class TransformerBackbone(nnx.Module):
     """Causal pre-norm Transformer whose carry is a key/value cache of the last `context` steps.
 
-    Carry: keys and values (layers, B, context, heads, D/heads), `episode` (B, context) and
-    `age` (context,) of each cached step: a query attends to cached and new keys of its own
-    episode no more than `context - 1` steps back. Memory per imagined step is O(context),
-    and so is compute, against O(1) for the SSM.
+    Carry: keys and values (B, layers, context, heads, D/heads), `episode` (B, context) of each
+    cached step, and `time` (B,), the steps seen so far: a query attends to cached and new keys
+    of its own episode no more than `context - 1` steps back. Memory per imagined step is
+    O(context), and so is compute, against O(1) for the SSM.
     """
 
     def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
@@ -152,16 +164,17 @@ class TransformerBackbone(nnx.Module):
         self.mlps = nnx.List([MLP(D, 2 * D, rngs) for _ in range(L)])
 
     def init_carry(self, batch: int):
-        shape = (self.layers, batch, self.context, self.heads, self.dim // self.heads)
+        shape = (batch, self.layers, self.context, self.heads, self.dim // self.heads)
         return {
             "k": jnp.zeros(shape),
             "v": jnp.zeros(shape),
             # Episode -1 is an empty slot: no query ever belongs to it.
             "episode": jnp.full((batch, self.context), -1, jnp.int32),
-            "time": jnp.zeros((), jnp.int32),
+            "time": jnp.zeros((batch,), jnp.int32),
         }
 
-    def sequence(self, x, carry, reset):
+    def _attend(self, x, carry, reset):
+        """y (B,T,D), and keys, values (B, layers, C+T, heads, D/heads) and episodes (B, C+T) of cache and new steps."""
         B, T, D = x.shape
         C, H = self.context, self.heads
         # Episode index of each new step, continuing the count of the newest cached step.
@@ -170,34 +183,49 @@ class TransformerBackbone(nnx.Module):
         episode = jnp.where(last < 0, jnp.maximum(episode, 0), episode)
         keys_episode = jnp.concatenate([carry["episode"], episode], axis=1)  # (B, C+T)
         # Positions: cached slot j is C-j steps before the first new step.
-        q_time = jnp.arange(T)
-        k_time = jnp.arange(-C, T)
-        distance = q_time[:, None] - k_time[None, :]
+        distance = jnp.arange(T)[:, None] - jnp.arange(-C, T)[None, :]
         mask = (distance >= 0) & (distance < C)
         mask = mask[None] & (episode[:, :, None] == keys_episode[:, None, :])  # (B, T, C+T)
         # A learned embedding of the step's position in the cache window.
-        t = carry["time"] + jnp.arange(T)
+        t = carry["time"][:, None] + jnp.arange(T)
         x = x + self.pos[...][t % C]
-        new_k, new_v = [], []
+        ks, vs = [], []
         for i in range(self.layers):
             q, k, v = jnp.split(self.qkv[i](self.norms[i](x)), 3, axis=-1)
             q, k, v = (a.reshape(B, T, H, D // H) for a in (q, k, v))
-            k_all = jnp.concatenate([carry["k"][i], k], axis=1)
-            v_all = jnp.concatenate([carry["v"][i], v], axis=1)
+            k_all = jnp.concatenate([carry["k"][:, i], k], axis=1)
+            v_all = jnp.concatenate([carry["v"][:, i], v], axis=1)
             logits = jnp.einsum("bqhd,bkhd->bhqk", q, k_all) / jnp.sqrt(D // H)
             logits = jnp.where(mask[:, None], logits, -1e30)
             attn = jax.nn.softmax(logits, axis=-1)
             y = jnp.einsum("bhqk,bkhd->bqhd", attn, v_all).reshape(B, T, D)
             x = x + self.out[i](y)
             x = x + self.mlps[i](self.mlp_norms[i](x))
-            new_k.append(k_all[:, -C:])
-            new_v.append(v_all[:, -C:])
-        carry = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "episode": keys_episode[:, -C:], "time": carry["time"] + T}
-        return x, carry
+            ks.append(k_all)
+            vs.append(v_all)
+        return x, jnp.stack(ks, 1), jnp.stack(vs, 1), keys_episode
+
+    def sequence(self, x, carry, reset):
+        C, T = self.context, x.shape[1]
+        y, k, v, episode = self._attend(x, carry, reset)
+        return y, {"k": k[:, :, -C:], "v": v[:, :, -C:], "episode": episode[:, -C:], "time": carry["time"] + T}
 
     def step(self, x, carry, reset):
         y, carry = self.sequence(x[:, None], carry, reset[:, None])
         return y[:, 0], carry
+
+    def states(self, x, carry, reset):
+        """The cache after step t is the window of the C newest keys up to t: (B, T, layers, C, heads, D/heads)."""
+        C, T = self.context, x.shape[1]
+        y, k, v, episode = self._attend(x, carry, reset)
+        window = jnp.arange(T)[:, None] + 1 + jnp.arange(C)[None, :]  # (T, C) into the C+T axis
+        carries = {
+            "k": k[:, :, window].swapaxes(1, 2),
+            "v": v[:, :, window].swapaxes(1, 2),
+            "episode": episode[:, window],
+            "time": carry["time"][:, None] + 1 + jnp.arange(T),
+        }
+        return y, carries
 
 
 BACKBONES: dict[str, type[nnx.Module]] = {

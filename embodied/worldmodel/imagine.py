@@ -19,7 +19,8 @@ Policy = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class Trajectory(NamedTuple):
-    """Imagined steps, each (B, H, ...): z_{t+1}, a_t, r_{t+1}, continue_{t+1}, features at t (what the policy saw)."""
+    """Imagined steps, each (B, H, ...): z_{t+1}, a_t, r_{t+1}, continue_{t+1}; and features (B, H+1, F)
+    at t = 0..H: what the policy saw before each action, then the final state's (for bootstrapping)."""
 
     latents: jax.Array
     actions: jax.Array
@@ -45,9 +46,10 @@ def imagine(model: WorldModel, policy: Policy | None, start: ImagineState, horiz
 
     keys = jax.random.split(key, horizon)
     xs = (keys, None if actions is None else jnp.swapaxes(actions, 0, 1))
-    _, (z, a, r, c, f) = jax.lax.scan(body, start, xs)
+    final, (z, a, r, c, f) = jax.lax.scan(body, start, xs)
     swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
     z, a, r, c, f = map(swap, (z, a, r, c, f))
+    f = jnp.concatenate([f, model.features(final.y, final.z)[:, None]], 1)
     frames = None
     if decode and model.spec.image is not None:
         frames = jnp.clip(model.decode(z)["image"] + 0.5, 0.0, 1.0)

@@ -70,6 +70,19 @@ class ImagineState(NamedTuple):
     z: jax.Array
 
 
+class Observation(NamedTuple):
+    """The world model's pass over real data [B, T]: posterior logits and samples, backbone outputs and carries."""
+
+    post: jax.Array
+    """(B, T, V, K) logits of z_t given o_t."""
+    z: jax.Array
+    """(B, T, V, K) one-hot samples (straight-through)."""
+    y: jax.Array
+    """(B, T, D) backbone output after [z_t, a_t]: it predicts z_{t+1}."""
+    carries: object
+    """The backbone carry after each step, every leaf (B, T, ...)."""
+
+
 class WorldModel(nnx.Module):
     def __init__(self, config: WorldModelConfig, spec: Spec, *, rngs: nnx.Rngs):
         self.config, self.spec = config, spec
@@ -135,19 +148,23 @@ class WorldModel(nnx.Module):
 
     # Whole passes.
 
-    def observe(self, batch: dict, key: jax.Array, carry=None):
-        """Runs the backbone over real data. Returns (post logits, z, y, final carry), each (B, T, ...)."""
+    def observe(self, batch: dict, key: jax.Array, carry=None) -> Observation:
+        """Runs the backbone over real data [B, T] from `carry` (default: a fresh one)."""
         B = batch["action"].shape[0]
         post = self.encode(batch)
         z = dist.sample_straight_through(key, post)
         carry = self.backbone.init_carry(B) if carry is None else carry
-        y, carry = self.backbone.sequence(self.backbone_input(z, batch["action"]), carry, batch["is_first"])
-        return post, z, y, carry
+        y, carries = self.backbone.states(self.backbone_input(z, batch["action"]), carry, batch["is_first"])
+        return Observation(post, z, y, carries)
 
     def loss(self, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
         """Scalar loss and metrics for a batch of sequences [B, T]."""
+        return self.loss_of(batch, self.observe(batch, key))
+
+    def loss_of(self, batch: dict, observation: Observation) -> tuple[jax.Array, dict]:
+        """The loss of an `observe` pass (so that an agent can reuse the pass for its imagination starts)."""
         c = self.config
-        post, z, y, _ = self.observe(batch, key)
+        post, z, y = observation.post, observation.z, observation.y
         metrics = {}
         # Reconstruction, every step, from z_t alone.
         recon = self.decode(z)
@@ -196,7 +213,43 @@ class WorldModel(nnx.Module):
         if C == 1:
             carry, y_last = self.backbone.init_carry(B), jnp.zeros((B, self.config.backbone.dim))
         else:
-            _, _, y, carry = self.observe({k: v[:, :-1] for k, v in batch.items()}, key)
-            y_last = y[:, -1]
+            observation = self.observe({k: v[:, :-1] for k, v in batch.items()}, key)
+            carry = jax.tree.map(lambda c: c[:, -1], observation.carries)
+            y_last = observation.y[:, -1]
         z_last = jax.nn.one_hot(jnp.argmax(self.encode({k: v[:, -1] for k, v in batch.items()}), -1), self.config.latent_classes)
         return ImagineState(carry, y_last, z_last)
+
+    def starts(self, batch: dict, observation: Observation) -> ImagineState:
+        """An imagination state at every step of real data, leaves (B, T, ...), gradients stopped.
+
+        At step t: the carry and output after step t-1 and the posterior z_t, so that the
+        policy chooses a_t from the features [y_{t-1}, z_t] it would see when acting. At an
+        episode's first step the carry and output are fresh, as `act` would have them.
+        """
+        B, T = batch["action"].shape[:2]
+        fresh = jax.tree.map(lambda c: jnp.broadcast_to(c[:, None], (B, 1, *c.shape[1:])), self.backbone.init_carry(B))
+        shift = lambda init, x: jnp.concatenate([init, x[:, :-1]], 1)  # noqa: E731
+        carry = jax.tree.map(shift, fresh, observation.carries)
+        y = shift(jnp.zeros_like(observation.y[:, :1]), observation.y)
+        first = batch["is_first"]
+        carry = jax.tree.map(lambda f, c: jnp.where(first.reshape(B, T, *[1] * (c.ndim - 2)), f, c), fresh, carry)
+        y = jnp.where(first[..., None], 0.0, y)
+        return jax.lax.stop_gradient(ImagineState(carry, y, observation.z))
+
+    def act_step(self, state: ImagineState, obs: dict, is_first: jax.Array, policy, key: jax.Array):
+        """Acting in the real world: (carry, y_{t-1}) and observation o_t -> action a_t and the next state.
+
+        `policy(state, key) -> action` sees the state before the action, ImagineState(carry_{t-1},
+        y_{t-1}, z_t): the same kind of state imagination starts from, so that a planner can roll
+        out from it. z_t is sampled from the posterior, as in training; `is_first` (B,) starts a
+        fresh carry, exactly as `starts` and training do.
+        """
+        latent_key, policy_key = jax.random.split(key)
+        B = is_first.shape[0]
+        fresh = self.backbone.init_carry(B)
+        carry = jax.tree.map(lambda f, c: jnp.where(is_first.reshape(B, *[1] * (c.ndim - 1)), f, c), fresh, state.carry)
+        y_prev = jnp.where(is_first[:, None], 0.0, state.y)
+        z = jax.nn.one_hot(jax.random.categorical(latent_key, self.encode(obs)), self.config.latent_classes)
+        action = policy(ImagineState(carry, y_prev, z), policy_key)
+        y, carry = self.backbone.step(self.backbone_input(z, action), carry, jnp.zeros((B,), bool))
+        return action, ImagineState(carry, y, z)

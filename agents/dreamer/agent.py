@@ -1,0 +1,184 @@
+"""Dreamer: a world model trained on replay, and an actor-critic trained on its imagination.
+
+Follows DreamerV3 (Hafner et al., 2023) with the temporal backbone swapped for
+any of `embodied.worldmodel.BACKBONES` (an S5-style SSM by default, as in S5WM
+and R2I). One `train` call:
+
+1. World model: its loss on a replayed batch [B, T]; the same pass gives an
+   imagination start at every replayed step (B*T starts, gradients stopped).
+2. Imagination: the actor rolls the world model H steps from every start in
+   recurrent mode (`lax.scan`).
+3. Critic: two-hot symlog regression onto TD(lambda) returns, pulled towards a
+   slow EMA copy of itself.
+4. Actor: REINFORCE on advantages scaled by the 5-95th return percentile range,
+   plus an entropy bonus; steps after a predicted termination are down-weighted.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from agents.dreamer import returns as ret
+from agents.dreamer.config import DreamerConfig
+from agents.dreamer.networks import Actor, Critic
+from agents.mpc import MPCConfig, plan
+from embodied.worldmodel import ImagineState, OptimConfig, Spec, WorldModel, WorldModelConfig, imagine, make_optimizer
+
+
+@flax.struct.dataclass
+class Part:
+    """One trained network: its parameters, its other variables, its optimiser state."""
+
+    params: nnx.State
+    rest: nnx.State
+    opt_state: optax.OptState
+
+
+@flax.struct.dataclass
+class DreamerState:
+    world_model: Part
+    actor: Part
+    critic: Part
+    slow_critic: nnx.State
+    """EMA of the critic's parameters."""
+    return_range: jax.Array
+    """EMA of the 5th and 95th percentiles of imagined returns (2,)."""
+    step: jax.Array
+    """Train calls so far."""
+
+
+class Dreamer:
+    """Builds the networks once; `train` and `policy` are pure functions of a `DreamerState`."""
+
+    def __init__(self, spec: Spec, model: WorldModelConfig = WorldModelConfig(), config: DreamerConfig = DreamerConfig(),
+                 model_optim: OptimConfig = OptimConfig(), *, discrete: bool = False):
+        self.spec, self.model_config, self.config, self.discrete = spec, model, config, discrete
+        self.features = model.backbone.dim + model.latent_vars * model.latent_classes
+        self.optimizers = {
+            "world_model": make_optimizer(model_optim),
+            "actor": make_optimizer(config.actor_optim),
+            "critic": make_optimizer(config.critic_optim),
+        }
+        # Shapes only, no parameters: the graphs that pure functions merge parameters into.
+        self._abstract = nnx.eval_shape(lambda: self._modules(0))
+        self._graphs = {name: nnx.split(module, nnx.Param, ...)[0] for name, module in self._abstract.items()}
+
+    def _modules(self, seed: int) -> dict[str, nnx.Module]:
+        rngs = nnx.Rngs(seed)
+        c = self.config
+        return {
+            "world_model": WorldModel(self.model_config, self.spec, rngs=rngs),
+            "actor": Actor(self.features, self.spec.action, discrete=self.discrete, units=c.units, layers=c.layers,
+                           min_std=c.min_std, max_std=c.max_std, rngs=rngs),
+            "critic": Critic(self.features, units=c.units, layers=c.layers, rngs=rngs),
+        }
+
+    def init(self, seed: int) -> DreamerState:
+        parts = {}
+        for name, module in self._modules(seed).items():
+            _, params, rest = nnx.split(module, nnx.Param, ...)
+            parts[name] = Part(params, rest, self.optimizers[name].init(params))
+        return DreamerState(**parts, slow_critic=jax.tree.map(jnp.copy, parts["critic"].params), return_range=jnp.zeros(2),
+                            step=jnp.zeros((), jnp.int32))
+
+    def module(self, name: str, part: Part, params: nnx.State | None = None) -> nnx.Module:
+        return nnx.merge(self._graphs[name], part.params if params is None else params, part.rest)
+
+    def parameter_counts(self, state: DreamerState) -> dict[str, int]:
+        return {name: sum(x.size for x in jax.tree.leaves(getattr(state, name).params)) for name in self.optimizers}
+
+    # Training.
+
+    def train(self, state: DreamerState, batch: dict, key: jax.Array) -> tuple[DreamerState, dict]:
+        c = self.config
+        wm_key, imagine_key = jax.random.split(key)
+
+        # World model.
+        def wm_loss(params):
+            model = self.module("world_model", state.world_model, params)
+            observation = model.observe(batch, wm_key)
+            loss, metrics = model.loss_of(batch, observation)
+            return loss, (metrics, model.starts(batch, observation))
+
+        (_, (metrics, starts)), grads = jax.value_and_grad(wm_loss, has_aux=True)(state.world_model.params)
+        world_model = self._apply("world_model", state.world_model, grads)
+        metrics["wm_grad_norm"] = optax.tree.norm(grads)
+
+        # Imagination, from every replayed step, under the world model the batch was scored with.
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        starts = jax.tree.map(flat, starts)
+        model = self.module("world_model", state.world_model)
+        actor = self.module("actor", state.actor)
+        traj = imagine(model, actor.sample, starts, c.horizon, imagine_key)
+        features = jax.lax.stop_gradient(traj.features)
+
+        # Returns and their scale.
+        critic = self.module("critic", state.critic)
+        values = critic.value(features)
+        returns = ret.lambda_returns(traj.rewards, values, c.discount * traj.continues, c.lam)
+        first_cont = 1.0 - flat(batch["is_terminal"]).astype(jnp.float32)
+        weight = jnp.cumprod(jnp.concatenate([first_cont[:, None], traj.continues[:, :-1]], 1), 1)
+        return_range = ret.update_return_range(state.return_range, returns, c.return_decay)
+        advantage = (returns - values[:, :-1]) / ret.return_scale(return_range)
+
+        # Actor.
+        def actor_loss(params):
+            logp, entropy = self.module("actor", state.actor, params).log_prob_entropy(features[:, :-1], traj.actions)
+            loss = -(weight * (logp * advantage + c.entropy * entropy)).mean()
+            return loss, entropy.mean()
+
+        (a_loss, entropy), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params)
+        actor_part = self._apply("actor", state.actor, grads)
+
+        # Critic.
+        slow_values = self.module("critic", state.critic, state.slow_critic).value(features[:, :-1])
+
+        def critic_loss(params):
+            net = self.module("critic", state.critic, params)
+            loss = net.loss(features[:, :-1], returns) + c.slow_critic_reg * net.loss(features[:, :-1], slow_values)
+            return (weight * loss).mean()
+
+        c_loss, grads = jax.value_and_grad(critic_loss)(state.critic.params)
+        critic_part = self._apply("critic", state.critic, grads)
+        slow = jax.tree.map(lambda s, p: c.slow_critic_decay * s + (1 - c.slow_critic_decay) * p, state.slow_critic, critic_part.params)
+
+        metrics.update(
+            actor_loss=a_loss, critic_loss=c_loss, actor_entropy=entropy, imagined_reward=traj.rewards.mean(),
+            imagined_return=returns.mean(), value=values.mean(), return_scale=ret.return_scale(return_range),
+            skipped=world_model.opt_state.total_notfinite + actor_part.opt_state.total_notfinite + critic_part.opt_state.total_notfinite,
+        )
+        new = DreamerState(world_model, actor_part, critic_part, slow, return_range, state.step + 1)
+        return new, metrics
+
+    def _apply(self, name: str, part: Part, grads) -> Part:
+        updates, opt_state = self.optimizers[name].update(grads, part.opt_state, part.params)
+        return part.replace(params=optax.apply_updates(part.params, updates), opt_state=opt_state)
+
+    # Acting.
+
+    def init_policy(self, batch: int) -> ImagineState:
+        c = self.model_config
+        carry = self._abstract["world_model"].backbone.init_carry(batch)
+        return ImagineState(carry, jnp.zeros((batch, c.backbone.dim)), jnp.zeros((batch, c.latent_vars, c.latent_classes)))
+
+    def policy(self, state: DreamerState, policy_state: ImagineState, obs: dict, key: jax.Array,
+               explore: bool = True, planner: MPCConfig | None = None) -> tuple[jax.Array, ImagineState]:
+        """obs: `image` and/or `proprio` (B, ...) and `is_first` (B,). Samples the actor when
+        exploring, takes its mode otherwise; with a `planner`, plans in latent space instead
+        (the actor's rollout seeds the plan)."""
+        model = self.module("world_model", state.world_model)
+        actor = self.module("actor", state.actor)
+        if planner is not None:
+            critic = self.module("critic", state.critic)
+
+            def choose(s, key):
+                return plan(planner, model, actor, critic.value, s, key, discount=self.config.discount, explore=explore)
+        elif explore:
+            choose = lambda s, key: actor.sample(model.features(s.y, s.z), key)  # noqa: E731
+        else:
+            choose = lambda s, key: actor.mode(model.features(s.y, s.z))  # noqa: E731
+        return model.act_step(policy_state, obs, obs["is_first"], choose, key)

@@ -1,0 +1,47 @@
+"""The actor-critic's settings. The world model's live in `embodied.worldmodel`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from embodied.worldmodel import OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DreamerConfig:
+    horizon: int = 15
+    """Imagined steps H from each replayed state."""
+    discount: float = 0.997
+    """gamma, per policy step (an effective horizon of about 333 steps)."""
+    lam: float = 0.95
+    """lambda of the TD(lambda) returns."""
+    units: int = 256
+    layers: int = 2
+    """Hidden layers of the actor and the critic."""
+    entropy: float = 3e-4
+    """Entropy bonus on normalised advantages."""
+    return_decay: float = 0.99
+    """EMA decay of the 5th and 95th return percentiles that scale advantages."""
+    slow_critic_decay: float = 0.98
+    """EMA decay of the slow critic: the critic is pulled towards its predictions."""
+    slow_critic_reg: float = 1.0
+    min_std: float = 0.1
+    max_std: float = 1.0
+    actor_optim: OptimConfig = OptimConfig(lr=3e-4, eps=1e-5, clip=100.0)
+    critic_optim: OptimConfig = OptimConfig(lr=3e-4, eps=1e-5, clip=100.0)
+
+    def __post_init__(self):
+        checks = {
+            "horizon": self.horizon >= 1,
+            "discount": 0.0 < self.discount <= 1.0,
+            "lam": 0.0 <= self.lam <= 1.0,
+            "units": self.units >= 1,
+            "layers": self.layers >= 0,
+            "entropy": self.entropy >= 0.0,
+            "return_decay": 0.0 <= self.return_decay < 1.0,
+            "slow_critic_decay": 0.0 <= self.slow_critic_decay < 1.0,
+            "min_std": 0.0 < self.min_std <= self.max_std,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"agent.{name}={getattr(self, name)!r} cannot work: see DreamerConfig.{name} for the allowed range.")

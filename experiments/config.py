@@ -1,0 +1,155 @@
+"""The training run's configuration: frozen dataclasses, composed, with named presets.
+
+    python -m experiments.train --preset debug --steps 2000 --agent.horizon 10
+
+`--preset` picks an overlay of `PRESETS`; every field can then be overridden
+from the command line (tyro builds it from the dataclasses). An unknown field
+is rejected by the parser; a value that cannot work is rejected by
+`validate` before any environment starts, with the field's name.
+
+Budgets and ratios, stated once:
+
+- `steps` counts environment (simulator) steps, as the DMC literature does:
+  with action repeat 2, 100k environment steps are 50k agent decisions.
+- `train_ratio` counts replayed steps per agent step (as DreamerV3 does). Each
+  update replays `batch * length` steps, so there is one update every
+  `batch * length / train_ratio` agent steps, summed over all environments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Literal
+
+from agents.dreamer import DreamerConfig
+from agents.mpc import MPCConfig
+from embodied.replay import ReplayConfig
+from embodied.worldmodel import BackboneConfig, OptimConfig, WorldModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    envs: int = 1
+    """Environment copies stepped in parallel, each in its own process."""
+    size: int = 64
+    """Image height and width."""
+    pixels: bool = True
+    proprio: bool = False
+    """Proprioceptive observations (positions, velocities) as well as, or instead of, pixels."""
+    action_repeat: int | None = None
+    """Defaults to the suite's (2 for dmc, 1 for gym)."""
+    time_limit: int | None = None
+    """Episode length in agent steps; defaults to the suite's."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    task: str = "dmc/cartpole-swingup"
+    """Task name; `python -c 'import envs; print(envs.names())'` lists them."""
+    run: pathlib.Path | None = None
+    """Run directory (config, metrics, checkpoints, replay, videos); defaults to runs/<task>-<preset>-<seed>."""
+    preset: str = "small"
+    """Recorded for the run directory's name; choose it with --preset before other flags."""
+    env: EnvConfig = EnvConfig()
+    model: WorldModelConfig = WorldModelConfig()
+    model_optim: OptimConfig = OptimConfig()
+    agent: DreamerConfig = DreamerConfig()
+    replay: ReplayConfig = ReplayConfig(capacity=1_000_000)
+    steps: int = 100_000
+    """Environment steps (after action repeat) to train for."""
+    train_ratio: float = 32.0
+    """Replayed steps per agent step (see the module docstring)."""
+    batch: int = 16
+    length: int = 64
+    """Sequence length T of each replayed sequence."""
+    prefill: int = 5_000
+    """Environment steps of uniformly random actions before training starts."""
+    log_every: int = 2_000
+    eval_every: int = 10_000
+    """Environment steps between evaluations (0: never)."""
+    eval_episodes: int = 5
+    save_every: int = 10_000
+    """Environment steps between checkpoints; one is also written at the end and on Ctrl-C."""
+    planner: Literal["actor", "mpc"] = "actor"
+    """How to act: the actor network, or MPPI in latent space (agents/mpc.py)."""
+    mpc: MPCConfig = MPCConfig()
+    seed: int = 0
+
+    @property
+    def run_dir(self) -> pathlib.Path:
+        return self.run or pathlib.Path("runs") / f"{self.task.replace('/', '-')}-{self.preset}-{self.seed}"
+
+
+def validate(config: Config) -> None:
+    """Raises ValueError naming the field whose value cannot work."""
+    import envs  # the task list; imported here so that configs stay light
+
+    if config.task not in envs.names():
+        import difflib
+
+        close = difflib.get_close_matches(config.task, envs.names(), n=3)
+        raise ValueError(f"task={config.task!r} is not a known task{' (did you mean ' + ', '.join(close) + '?)' if close else ''}. "
+                         f"Known: {', '.join(envs.names())}.")
+    checks = {
+        "steps": config.steps >= 1,
+        "train_ratio": config.train_ratio > 0,
+        "batch": config.batch >= 1,
+        "length": config.length >= 2,
+        "prefill": config.prefill >= 0,
+        "log_every": config.log_every >= 1,
+        "eval_every": config.eval_every >= 0,
+        "eval_episodes": config.eval_episodes >= 1,
+        "save_every": config.save_every >= 1,
+        "env.envs": config.env.envs >= 1,
+        "env.size": config.env.size >= 16 and config.env.size % 2 ** len(config.model.mults) == 0,
+        "env.pixels": config.env.pixels or config.env.proprio,
+        "replay.capacity": config.replay.capacity >= config.length,
+    }
+    allowed = {
+        "steps": ">= 1", "train_ratio": "> 0", "batch": ">= 1", "length": ">= 2 (a transition needs two steps)",
+        "prefill": ">= 0", "log_every": ">= 1", "eval_every": ">= 0", "eval_episodes": ">= 1", "save_every": ">= 1",
+        "env.envs": ">= 1", "env.size": f"a multiple of {2 ** len(config.model.mults)} (the encoder halves it {len(config.model.mults)} times), >= 16",
+        "env.pixels": "pixels or proprio (or both) must be on", "replay.capacity": f">= length ({config.length})",
+    }
+    for name, ok in checks.items():
+        if not ok:
+            value = config
+            for part in name.split("."):
+                value = getattr(value, part)
+            raise ValueError(f"{name}={value!r} cannot work: it must be {allowed[name]}.")
+    if config.planner == "mpc" and config.mpc.horizon < 1:
+        raise ValueError("mpc.horizon must be >= 1.")
+
+
+def _preset(**changes) -> Config:
+    return dataclasses.replace(Config(), **changes)
+
+
+PRESETS: dict[str, Config] = {
+    # Seconds to compile and run: the test suite's end-to-end run, and a smoke test of a new machine.
+    "debug": _preset(
+        preset="debug",
+        env=EnvConfig(size=32, time_limit=50), steps=600, prefill=200, batch=4, length=16, train_ratio=64.0,
+        log_every=100, eval_every=400, eval_episodes=1, save_every=200,
+        model=WorldModelConfig(backbone=BackboneConfig(dim=64, state=16, layers=1), depth=4, hidden=64,
+                               latent_vars=8, latent_classes=8, mults=(1, 2)),
+        agent=DreamerConfig(units=64, layers=1, horizon=5),
+        replay=ReplayConfig(capacity=20_000),
+    ),
+    # The default: 100k environment steps from pixels on 2 CPU cores.
+    "small": _preset(preset="small"),
+    # More capacity, for a workstation GPU.
+    "medium": _preset(
+        preset="medium", train_ratio=128.0, env=EnvConfig(envs=4),
+        model=WorldModelConfig(backbone=BackboneConfig(dim=512, state=256, layers=2), depth=32, hidden=512),
+        agent=DreamerConfig(units=512),
+    ),
+    # DreamerV3's 'size50m'-like width, for a large GPU.
+    "large": _preset(
+        preset="large", train_ratio=256.0, env=EnvConfig(envs=8),
+        model=WorldModelConfig(backbone=BackboneConfig(dim=1024, state=512, layers=3), depth=64, hidden=1024,
+                               latent_vars=32, latent_classes=32),
+        agent=DreamerConfig(units=1024, layers=3),
+    ),
+}

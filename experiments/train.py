@@ -1,0 +1,306 @@
+"""Train a Dreamer agent on a task: collect, replay, learn a world model, learn to act in its imagination.
+
+    python -m experiments.train --task dmc/cartpole-swingup
+    python -m experiments.train --preset debug --task dmc/cartpole-balance --env.proprio True --env.pixels False
+
+Everything lives in the run directory (default runs/<task>-<preset>-<seed>):
+config.json (the resolved config), metrics.jsonl and tensorboard/, replay/
+(finished episodes, one file each), checkpoints/ (orbax), and eval-<step>.gif.
+Running the same command again resumes from the newest checkpoint: the agent
+state (parameters, optimiser moments, normalisers), step counters, update
+debt, the sampler's and the policy's random state. The replay is reloaded
+from disk up to its capacity, never twice; episodes finished after the last
+checkpoint are kept. A SIGTERM or Ctrl-C writes a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import pathlib
+import signal
+import sys
+import time
+from collections import deque
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+import tyro
+
+import envs
+from agents.dreamer import Dreamer
+from embodied.checkpoint import Checkpointer
+from embodied.config import from_dict, to_dict
+from embodied.driver import Driver, EpisodeStats, random_policy
+from embodied.logging import Logger
+from embodied.replay import Replay
+from embodied.worldmodel import Spec
+from experiments.config import PRESETS, Config, validate
+
+# Fields that may change between a run and its resume; everything else must match the checkpoint.
+RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "save_every", "planner", "mpc")
+
+
+def parse(argv: list[str] | None = None) -> Config:
+    """`--preset NAME` chooses the defaults, then every other flag overrides them."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    known, rest = pre.parse_known_args(argv)
+    config = tyro.cli(Config, default=PRESETS[known.preset], args=rest,
+                      description=f"{__doc__}\nPresets: {', '.join(sorted(PRESETS))} (--preset NAME before other flags).")
+    validate(config)
+    return config
+
+
+def env_options(config: Config) -> dict:
+    e = config.env
+    return dict(size=e.size, pixels=e.pixels, proprio=e.proprio, action_repeat=e.action_repeat, time_limit=e.time_limit)
+
+
+def task_spec(env) -> Spec:
+    spaces = env.observation_space.spaces
+    return Spec(image=spaces["image"].shape if "image" in spaces else None,
+                proprio=int(spaces["proprio"].shape[0]) if "proprio" in spaces else None,
+                action=int(env.action_space.shape[0]))
+
+
+def make_agent(config: Config, spec: Spec) -> Dreamer:
+    return Dreamer(spec, config.model, config.agent, config.model_optim)
+
+
+def enable_compile_cache() -> None:
+    """Compiled programs persist across runs, so a resumed run does not compile again."""
+    path = pathlib.Path("~/.cache/reverie/jax").expanduser()
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
+class Acting:
+    """The host-side policy the Driver calls: keeps the policy's recurrent state and its key."""
+
+    def __init__(self, agent: Dreamer, config: Config, num_envs: int, key: jax.Array, explore: bool):
+        planner = config.mpc if config.planner == "mpc" else None
+        self._policy = jax.jit(functools.partial(agent.policy, explore=explore, planner=planner))
+        self._keys = set(k for k in ("image", "proprio") if getattr(agent.spec, k) is not None)
+        self.state = agent.init_policy(num_envs)
+        self.key = key
+        self.agent_state = None
+
+    def __call__(self, obs: dict) -> np.ndarray:
+        self.key, key = jax.random.split(self.key)
+        inputs = {k: v for k, v in obs.items() if k in self._keys}
+        inputs["is_first"] = np.asarray(obs["is_first"])
+        action, self.state = self._policy(self.agent_state, self.state, inputs, key)
+        return np.asarray(action)
+
+
+def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: jax.Array, video: pathlib.Path | None = None):
+    """Runs `episodes` episodes with the policy's mode in a fresh environment; returns their scores."""
+    env = envs.make(config.task, **env_options(config))
+    acting = Acting(agent, config, 1, key, explore=False)
+    acting.agent_state = agent_state
+    scores, frames = [], []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=10_000 + episode)
+            first, done, score = True, False, 0.0
+            while not done:
+                if video is not None and episode == 0:
+                    frames.append(obs["image"] if "image" in obs else env.render())
+                batched = {k: v[None] for k, v in obs.items()}
+                action = acting({**batched, "is_first": np.array([first])})[0]
+                obs, reward, terminated, truncated, _ = env.step(action)
+                score, first, done = score + reward, False, terminated or truncated
+            scores.append(score)
+    finally:
+        env.close()
+    if video is not None and frames:
+        import imageio.v3 as iio
+
+        iio.imwrite(video, np.stack(frames), duration=1000 / 30, loop=0)
+    return scores
+
+
+def config_record(config: Config) -> dict:
+    record = to_dict(config)
+    for name in RESUMABLE_CHANGES:
+        record.pop(name)
+    return record
+
+
+def train(config: Config) -> dict:
+    """Runs (or resumes) the run described by `config`; returns a summary of the last window."""
+    enable_compile_cache()
+    run = config.run_dir
+    checkpoints = Checkpointer(run / "checkpoints")
+    meta = checkpoints.read_meta()
+    if meta is not None and meta["config"] != config_record(config):
+        differences = "\n".join(f"  {name}: checkpoint {old!r}, now {new!r}" for name, old, new in _differences(meta["config"], config_record(config)))
+        raise ValueError(f"{run} holds a run with another config; resume it with the same flags or pass another --run. "
+                         f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume. Differences:\n{differences}")
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+
+    vector = envs.make_vector(config.task, config.env.envs, **env_options(config))
+    probe = envs.make(config.task, **env_options(config))
+    spec, repeat = task_spec(probe), probe.unwrapped.action_repeat
+    probe.close()
+    agent = make_agent(config, spec)
+    state = agent.init(config.seed)
+    replay = Replay(config.replay, directory=run / "replay")
+    counters = {"env_steps": 0, "updates": 0, "debt": 0.0, "episodes": 0}
+    sampler = np.random.default_rng(config.seed)
+    key = jax.random.key(config.seed)
+    restored = checkpoints.restore(state) if meta is not None else None
+    if restored is not None:
+        _, state, meta = restored
+        counters = meta["counters"]
+        sampler.bit_generator.state = meta["sampler_rng"]
+        key = jax.random.wrap_key_data(np.asarray(meta["key"], np.uint32))
+        Logger.truncate(run, counters["env_steps"])
+        print(f"Resuming {run} at {counters['env_steps']} environment steps, {counters['updates']} updates; "
+              f"replay holds {len(replay)} steps from disk.")
+
+    key, act_key, eval_key = jax.random.split(key, 3)
+    acting = Acting(agent, config, config.env.envs, act_key, explore=True)
+    acting.agent_state = state
+    random_actions = random_policy(vector.single_action_space, seed=config.seed + counters["env_steps"])
+    train_step = jax.jit(agent.train, donate_argnums=0)
+    logger = Logger(run)
+    scores: deque[float] = deque(maxlen=20)
+    window = {"metrics": [], "start": time.perf_counter(), "env_steps": 0, "updates": 0}
+    counts = agent.parameter_counts(state)
+    print(f"{config.task}: world model {counts['world_model'] / 1e6:.2f}M, actor {counts['actor'] / 1e6:.2f}M, "
+          f"critic {counts['critic'] / 1e6:.2f}M parameters; {config.batch}x{config.length} per update, "
+          f"one update per {config.batch * config.length / config.train_ratio:.0f} agent steps.")
+
+    def on_episode(episode: dict, stats: EpisodeStats) -> None:
+        replay.add(episode)
+        scores.append(stats.score)
+        counters["episodes"] += 1
+        logger.write(counters["env_steps"], {"episode/score": stats.score, "episode/length": stats.length})
+
+    def save() -> None:
+        checkpoints.save(counters["env_steps"], state, {
+            "config": config_record(config), "counters": counters, "sampler_rng": sampler.bit_generator.state,
+            "key": np.asarray(jax.random.key_data(key)).tolist(),
+        })
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous_handler = signal.signal(signal.SIGTERM, stop)
+    driver = Driver(vector, on_episode)
+    driver.reset(seed=config.seed + counters["env_steps"])
+    bar = tqdm.tqdm(total=config.steps, initial=counters["env_steps"], unit="step", desc=config.task, dynamic_ncols=True)
+    summary = {}
+    per_update = config.batch * config.length
+    try:
+        while counters["env_steps"] < config.steps:
+            before = counters["env_steps"]
+            prefilling = counters["env_steps"] < config.prefill or len(replay) < config.length
+            driver.step(random_actions if prefilling else acting, 1)
+            counters["env_steps"] += config.env.envs * repeat
+            window["env_steps"] += config.env.envs * repeat
+            bar.update(config.env.envs * repeat)
+
+            if not prefilling:
+                counters["debt"] += config.env.envs * config.train_ratio / per_update
+                while counters["debt"] >= 1.0:
+                    key, step_key = jax.random.split(key)
+                    batch = {k: v for k, v in replay.sample(config.batch, config.length, sampler).items() if k != "is_last"}
+                    state, metrics = train_step(state, batch, step_key)
+                    acting.agent_state = state
+                    window["metrics"].append(metrics)
+                    counters["updates"] += 1
+                    window["updates"] += 1
+                    counters["debt"] -= 1.0
+
+            if _crossed(before, counters["env_steps"], config.log_every):
+                summary = _log(logger, counters, window, scores, per_update, bar)
+            if config.eval_every and _crossed(before, counters["env_steps"], config.eval_every) and counters["updates"]:
+                eval_key, k = jax.random.split(eval_key)
+                video = run / f"eval-{counters['env_steps']}.gif"
+                returns = evaluate(agent, config, state, config.eval_episodes, k, video=video)
+                logger.write(counters["env_steps"], {"eval/return": np.mean(returns), "eval/return_std": np.std(returns)})
+                bar.write(f"eval at {counters['env_steps']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} ({video.name})")
+            if _crossed(before, counters["env_steps"], config.save_every):
+                save()
+    except KeyboardInterrupt:
+        print("Interrupted; writing a checkpoint.", file=sys.stderr)
+    finally:
+        bar.close()
+        signal.signal(signal.SIGTERM, previous_handler)
+        if counters["env_steps"] not in checkpoints.steps():
+            save()
+        checkpoints.close()
+        logger.close()
+        vector.close()
+    return {**summary, **counters}
+
+
+def _differences(old: dict, new: dict, prefix: str = ""):
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from _differences(a, b, f"{prefix}{name}.")
+        elif a != b:
+            yield f"{prefix}{name}", a, b
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and before // every != after // every
+
+
+def _log(logger: Logger, counters: dict, window: dict, scores, per_update: int, bar) -> dict:
+    seconds = time.perf_counter() - window["start"]
+    out = {
+        "speed/env_steps_per_s": window["env_steps"] / seconds,
+        "speed/replayed_frames_per_s": window["updates"] * per_update / seconds,
+        "speed/updates_per_s": window["updates"] / seconds,
+        "replay/episodes": counters["episodes"],
+    }
+    if window["metrics"]:
+        stacked = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *window["metrics"]))
+        out.update({f"train/{k}": float(np.mean(v)) for k, v in stacked.items() if k != "skipped"})
+        out["train/skipped"] = float(stacked["skipped"][-1])
+    if scores:
+        out["episode/recent_score"] = float(np.mean(scores))
+    for k, v in out.items():
+        if not math.isfinite(v):
+            bar.write(f"warning: {k} is {v} at {counters['env_steps']} steps")
+    logger.write(counters["env_steps"], out)
+    bar.set_postfix(fps=f"{out['speed/env_steps_per_s']:.0f}", upd=counters["updates"],
+                    ret=f"{out.get('episode/recent_score', float('nan')):.1f}")
+    window.update(metrics=[], start=time.perf_counter(), env_steps=0, updates=0)
+    return out
+
+
+def load(run: pathlib.Path) -> tuple[Config, Dreamer, object, int]:
+    """The config, agent, trained state and environment-step count of a run directory."""
+    run = pathlib.Path(run)
+    if run.name == "checkpoints":
+        run = run.parent
+    path = run / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a training run (no config.json); pass the run directory of experiments.train.")
+    config = from_dict(Config, json.loads(path.read_text()))
+    probe = envs.make(config.task, **env_options(config))
+    spec = task_spec(probe)
+    probe.close()
+    agent = make_agent(config, spec)
+    checkpoints = Checkpointer(run / "checkpoints")
+    restored = checkpoints.restore(agent.init(config.seed))
+    checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"{run / 'checkpoints'} holds no readable checkpoint.")
+    step, state, _ = restored
+    return config, agent, state, step
+
+
+if __name__ == "__main__":
+    train(parse())
