@@ -1,0 +1,165 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.stats import norm
+
+from agents.dreamer import Dreamer, DreamerConfig
+from agents.dreamer.networks import Actor
+from agents.dreamer.returns import lambda_returns, return_scale, update_return_range
+from agents.mpc import MPCConfig, plan
+from embodied.worldmodel import BackboneConfig, ImagineState, Spec, WorldModelConfig
+
+
+def test_lambda_returns_by_hand():
+    rewards = jnp.array([[1.0, 2.0]])
+    values = jnp.array([[0.0, 10.0, 20.0]])
+    discounts = jnp.array([[0.5, 0.9]])
+    lam = 0.8
+    r1 = 2.0 + 0.9 * 20.0  # the last step bootstraps from v_2
+    r0 = 1.0 + 0.5 * ((1 - lam) * 10.0 + lam * r1)
+    np.testing.assert_allclose(lambda_returns(rewards, values, discounts, lam), [[r0, r1]], rtol=1e-6)
+
+
+def test_return_scale_is_an_ema_of_the_percentile_range_and_at_least_one():
+    returns = jnp.arange(101.0)  # 5th percentile 5, 95th 95
+    ema = update_return_range(jnp.zeros(2), returns, decay=0.9)
+    np.testing.assert_allclose(ema, [0.5, 9.5], rtol=1e-6)
+    assert float(return_scale(ema)) == pytest.approx(9.0)
+    assert float(return_scale(jnp.array([0.0, 0.3]))) == 1.0
+
+
+def test_continuous_actor_log_prob_and_entropy_match_the_normal():
+    actor = Actor(6, 2, discrete=False, units=8, layers=1, rngs=__import__("flax").nnx.Rngs(0))
+    features = jax.random.normal(jax.random.key(0), (5, 6))
+    action = jax.random.uniform(jax.random.key(1), (5, 2), minval=-1, maxval=1)
+    mean, std = actor._params(features)
+    logp, entropy = actor.log_prob_entropy(features, action)
+    np.testing.assert_allclose(logp, norm.logpdf(action, mean, std).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(entropy, (0.5 * jnp.log(2 * jnp.pi * jnp.e * std**2)).sum(-1), rtol=1e-5)
+    assert np.all((0.1 <= std) & (std <= 1.0)) and np.all(np.abs(mean) <= 1.0)
+    sample = actor.sample(features, jax.random.key(2))
+    assert sample.shape == (5, 2) and np.all(np.abs(sample) <= 1.0)
+
+
+def test_discrete_actor_is_a_mixed_categorical_over_one_hot_actions():
+    from flax import nnx
+
+    actor = Actor(6, 3, discrete=True, units=8, layers=1, rngs=nnx.Rngs(0))
+    features = jax.random.normal(jax.random.key(0), (4, 6))
+    sample = actor.sample(features, jax.random.key(1))
+    assert sample.shape == (4, 3) and np.all(sample.sum(-1) == 1)
+    logits, _ = actor._params(features)
+    probs = jax.nn.softmax(logits)
+    assert np.all(probs >= 0.01 / 3 - 1e-6)  # the uniform mix
+    logp, entropy = actor.log_prob_entropy(features, sample)
+    np.testing.assert_allclose(logp, jnp.log((probs * sample).sum(-1)), rtol=1e-5)
+    np.testing.assert_allclose(entropy, -(probs * jnp.log(probs)).sum(-1), rtol=1e-5)
+
+
+def tiny_agent(discrete=False, kind="ssm", action=2):
+    spec = Spec(image=None, proprio=5, action=action)
+    model = WorldModelConfig(backbone=BackboneConfig(kind=kind, dim=16, state=8, layers=1, heads=2, context=4),
+                             hidden=16, latent_vars=4, latent_classes=4)
+    return Dreamer(spec, model, DreamerConfig(units=16, layers=1, horizon=4), discrete=discrete)
+
+
+def tiny_batch(B=3, T=6, action=2, key=0):
+    rng = np.random.default_rng(key)
+    return {
+        "proprio": jnp.asarray(rng.normal(size=(B, T, 5)), jnp.float32),
+        "action": jnp.asarray(rng.uniform(-1, 1, (B, T, action)), jnp.float32),
+        "reward": jnp.asarray(rng.normal(size=(B, T)), jnp.float32),
+        "is_first": jnp.zeros((B, T), bool).at[:, 0].set(True).at[0, 3].set(True),
+        "is_terminal": jnp.zeros((B, T), bool).at[1, 5].set(True),
+    }
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru", "transformer"])
+def test_train_step_updates_every_network_and_reports_finite_metrics(kind):
+    agent = tiny_agent(kind=kind)
+    state = agent.init(0)
+    new, metrics = jax.jit(agent.train)(state, tiny_batch(), jax.random.key(0))
+    for name in ("world_model", "actor", "critic"):
+        before, after = jax.tree.leaves(getattr(state, name).params), jax.tree.leaves(getattr(new, name).params)
+        assert any(not np.allclose(a, b) for a, b in zip(before, after)), f"{name} did not change"
+    assert all(np.isfinite(v) for v in jax.device_get(metrics).values()), metrics
+    assert int(new.step) == 1 and float(metrics["skipped"]) == 0
+
+
+def test_discrete_actions_train_and_act():
+    agent = tiny_agent(discrete=True, action=3)
+    state = agent.init(0)
+    batch = tiny_batch(action=3)
+    batch["action"] = jax.nn.one_hot(jnp.argmax(batch["action"], -1), 3)
+    state, metrics = agent.train(state, batch, jax.random.key(0))
+    assert np.isfinite(float(metrics["actor_loss"]))
+    obs = {"proprio": jnp.zeros((2, 5)), "is_first": jnp.ones(2, bool)}
+    action, _ = agent.policy(state, agent.init_policy(2), obs, jax.random.key(1))
+    assert action.shape == (2, 3) and np.all(action.sum(-1) == 1)
+
+
+def test_imagination_starts_are_fresh_at_episode_starts():
+    agent = tiny_agent()
+    state = agent.init(0)
+    model = agent.module("world_model", state.world_model)
+    batch = tiny_batch()
+    starts = model.starts(batch, model.observe(batch, jax.random.key(0)))
+    first = np.asarray(batch["is_first"])
+    assert np.all(np.asarray(starts.y)[first] == 0)
+    assert np.all(np.asarray(starts.carry[0])[first] == 0)
+    assert not np.all(np.asarray(starts.y)[~first] == 0)
+
+
+def test_acting_step_by_step_matches_the_starts_of_training():
+    """The state the policy sees when acting equals the imagination start built from the same data."""
+    from embodied.worldmodel.model import Observation
+
+    agent = tiny_agent()
+    state = agent.init(0)
+    model = agent.module("world_model", state.world_model)
+    batch = tiny_batch(B=2, T=5)
+    policy_state, seen = agent.init_policy(2), []
+    for t in range(5):
+        def replay_action(s, key, t=t):
+            seen.append(s)
+            return batch["action"][:, t]
+
+        obs = {"proprio": batch["proprio"][:, t]}
+        _, policy_state = model.act_step(policy_state, obs, batch["is_first"][:, t], replay_action, jax.random.key(t))
+    # The training pass over the latents that acting sampled.
+    z = jnp.stack([s.z for s in seen], 1)
+    y, carries = model.backbone.states(model.backbone_input(z, batch["action"]), model.backbone.init_carry(2), batch["is_first"])
+    starts = model.starts(batch, Observation(None, z, y, carries))
+    for t, s in enumerate(seen):
+        np.testing.assert_allclose(s.y, starts.y[:, t], atol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b[:, t], atol=1e-5), s.carry, starts.carry)
+
+
+def test_mpc_finds_the_best_action_of_a_known_reward():
+    """A toy model whose reward is -(a - 0.5)^2: the plan's first action must approach 0.5."""
+
+    class Toy:
+        spec = Spec(image=None, proprio=1, action=1)
+
+        def features(self, y, z):
+            return y
+
+        def imagine_step(self, state, action, key):
+            return state, -((action[:, 0] - 0.5) ** 2), jnp.ones(action.shape[0])
+
+    class ZeroActor:
+        def mode(self, features):
+            return jnp.zeros((features.shape[0], 1))
+
+    start = ImagineState(carry=jnp.zeros((2, 1)), y=jnp.zeros((2, 3)), z=jnp.zeros((2, 1, 1)))
+    config = MPCConfig(horizon=3, samples=128, elites=16, iterations=5)
+    action = plan(config, Toy(), ZeroActor(), lambda f: jnp.zeros(f.shape[0]), start, jax.random.key(0), discount=0.99, explore=False)
+    np.testing.assert_allclose(action, 0.5, atol=0.1)
+
+
+def test_config_rejects_values_that_cannot_work():
+    with pytest.raises(ValueError, match="agent.lam"):
+        DreamerConfig(lam=1.5)
+    with pytest.raises(ValueError, match="mpc.elites"):
+        MPCConfig(samples=8, elites=16)
