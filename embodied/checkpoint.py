@@ -30,8 +30,12 @@ class Checkpointer:
         self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()
 
-    def restore(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-        """(step, state, meta) of the newest readable checkpoint, or None if there is none."""
+    def restore(self, abstract_state: Any | None) -> tuple[int, Any, dict] | None:
+        """(step, state, meta) of the newest readable checkpoint, or None if there is none.
+
+        With `abstract_state` None, the arrays come back as saved: nested dicts of arrays
+        (to pick one part of a larger state, as the world model out of an agent's).
+        """
         for step in reversed(self.steps()):
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(

@@ -39,6 +39,7 @@ from embodied.driver import Driver, EpisodeStats, random_policy
 from embodied.logging import Logger
 from embodied.replay import Replay
 from embodied.worldmodel import Spec
+from embodied.worldmodel.io import write_record
 from experiments.config import PRESETS, Config, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
@@ -151,6 +152,7 @@ def train(config: Config) -> dict:
     probe.close()
     agent = make_agent(config, spec)
     state = agent.init(config.seed)
+    write_record(run, config.model, spec, config.task, ("world_model",))
     replay = Replay(config.replay, directory=run / "replay")
     counters = {"env_steps": 0, "updates": 0, "debt": 0.0, "episodes": 0}
     sampler = np.random.default_rng(config.seed)

@@ -24,6 +24,7 @@ import tyro
 from embodied.checkpoint import Checkpointer
 from embodied.logging import Logger
 from embodied.replay import Replay, ReplayConfig
+from embodied.worldmodel.io import write_record
 from embodied.worldmodel import BackboneConfig, OptimConfig, Spec, WorldModel, WorldModelConfig, init_state, make_optimizer, make_train_step
 from flax import nnx
 
@@ -98,6 +99,7 @@ def train(args: Args) -> dict:
         key = jax.random.wrap_key_data(np.asarray(meta["key"], np.uint32))
         print(f"Resuming {args.run} from update {step}.")
     args.run.mkdir(parents=True, exist_ok=True)
+    write_record(args.run, args.model, spec, None, ())
     (args.run / "config.json").write_text(json.dumps({**record, "args": json.loads(json.dumps(dataclasses.asdict(args), default=str))}, indent=2))
 
     train_step = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=0)
