@@ -74,6 +74,8 @@ class Config:
     planner: Literal["actor", "mpc"] = "actor"
     """How to act: the actor network, or MPPI in latent space (agents/mpc.py)."""
     mpc: MPCConfig = MPCConfig()
+    devices: int = 1
+    """Devices the train step runs over (data parallel: the batch splits over them; it must divide by this)."""
     seed: int = 0
 
     @property
@@ -105,12 +107,14 @@ def validate(config: Config) -> None:
         "env.size": config.env.size >= 16 and config.env.size % 2 ** len(config.model.mults) == 0,
         "env.pixels": config.env.pixels or config.env.proprio,
         "replay.capacity": config.replay.capacity >= config.length,
+        "devices": config.devices >= 1 and config.batch % config.devices == 0,
     }
     allowed = {
         "steps": ">= 1", "train_ratio": "> 0", "batch": ">= 1", "length": ">= 2 (a transition needs two steps)",
         "prefill": ">= 0", "log_every": ">= 1", "eval_every": ">= 0", "eval_episodes": ">= 1", "save_every": ">= 1",
         "env.envs": ">= 1", "env.size": f"a multiple of {2 ** len(config.model.mults)} (the encoder halves it {len(config.model.mults)} times), >= 16",
         "env.pixels": "pixels or proprio (or both) must be on", "replay.capacity": f">= length ({config.length})",
+        "devices": f">= 1 and divide batch ({config.batch})",
     }
     for name, ok in checks.items():
         if not ok:

@@ -37,13 +37,14 @@ from embodied.checkpoint import Checkpointer
 from embodied.config import from_dict, to_dict
 from embodied.driver import Driver, EpisodeStats, random_policy
 from embodied.logging import Logger
+from embodied.parallel import data_parallel, make_mesh, shard_batch
 from embodied.replay import Replay
 from embodied.worldmodel import Spec
 from embodied.worldmodel.io import write_record
 from experiments.config import PRESETS, Config, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
-RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "save_every", "planner", "mpc")
+RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "save_every", "planner", "mpc", "devices")
 
 
 def parse(argv: list[str] | None = None) -> Config:
@@ -171,7 +172,8 @@ def train(config: Config) -> dict:
     acting = Acting(agent, config, config.env.envs, act_key, explore=True)
     acting.agent_state = state
     random_actions = random_policy(vector.single_action_space, seed=config.seed + counters["env_steps"])
-    train_step = jax.jit(agent.train, donate_argnums=0)
+    mesh = make_mesh(config.devices)
+    train_step = data_parallel(agent.train, mesh)
     logger = Logger(run)
     scores: deque[float] = deque(maxlen=20)
     window = {"metrics": [], "start": time.perf_counter(), "env_steps": 0, "updates": 0}
@@ -215,6 +217,7 @@ def train(config: Config) -> dict:
                 while counters["debt"] >= 1.0:
                     key, step_key = jax.random.split(key)
                     batch = {k: v for k, v in replay.sample(config.batch, config.length, sampler).items() if k != "is_last"}
+                    batch = shard_batch(batch, mesh)
                     state, metrics = train_step(state, batch, step_key)
                     acting.agent_state = state
                     window["metrics"].append(metrics)

@@ -18,9 +18,10 @@ def lines(run):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """400 environment steps (200 agent steps, 100 random, then one update per agent step)."""
+    """400 environment steps (200 agent steps, 100 random, then one update per agent step),
+    data parallel over 2 of the 4 forced CPU devices; the resume below runs on one."""
     run = tmp_path_factory.mktemp("agent") / "run"
-    out = train(parse(DEBUG + ["--run", str(run), "--steps", "400"]))
+    out = train(parse(DEBUG + ["--run", str(run), "--steps", "400", "--devices", "2"]))
     return run, out
 
 
@@ -69,6 +70,7 @@ def test_resume_with_another_config_names_the_difference(run):
     (["--env.size", "18"], "env.size=18"),
     (["--agent.lam", "2"], "agent.lam"),
     (["--mpc.elites", "999"], "mpc.elites"),
+    (["--devices", "3"], "devices=3"),
 ])
 def test_bad_config_fails_before_any_work_with_the_field_name(flags, message, capsys):
     # Checks inside a nested config run while tyro builds it: tyro prints them and exits.
