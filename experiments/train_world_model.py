@@ -24,8 +24,8 @@ import tyro
 from embodied.checkpoint import Checkpointer
 from embodied.logging import Logger
 from embodied.replay import Replay, ReplayConfig
-from embodied.worldmodel.io import write_record
-from embodied.worldmodel import BackboneConfig, OptimConfig, Spec, WorldModel, WorldModelConfig, init_state, make_optimizer, make_train_step
+from embodied.worldmodel import OptimConfig, Spec, WorldModel, WorldModelConfig, init_state, make_optimizer, make_train_step
+from embodied.worldmodel.io import load as load_world_model, write_record
 from flax import nnx
 
 
@@ -145,20 +145,5 @@ if __name__ == "__main__":
 
 def load(run: pathlib.Path) -> tuple[WorldModel, int]:
     """The trained model of a run directory and its update count; clear errors when there is none."""
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run} is not a world-model run: it has no config.json. Pass the --run directory of experiments.train_world_model.")
-    record = json.loads(config_path.read_text())
-    model_dict = record["model"]
-    backbone = BackboneConfig(**model_dict.pop("backbone"))
-    config = WorldModelConfig(**{**model_dict, "backbone": backbone, "mults": tuple(model_dict["mults"])})
-    spec = Spec(**{**record["spec"], "image": tuple(record["spec"]["image"]) if record["spec"]["image"] else None})
-    model = WorldModel(config, spec, rngs=nnx.Rngs(0))
-    graphdef, state = init_state(model, make_optimizer(OptimConfig()))
-    checkpoints = Checkpointer(run / "checkpoints")
-    restored = checkpoints.restore(state)
-    checkpoints.close()
-    if restored is None:
-        raise FileNotFoundError(f"{run / 'checkpoints'} holds no readable checkpoint.")
-    step, state, _ = restored
-    return nnx.merge(graphdef, state.params, state.rest), step
+    loaded = load_world_model(run)
+    return loaded.model, loaded.step

@@ -92,7 +92,7 @@ def test_discrete_actions_train_and_act():
     state = agent.init(0)
     batch = tiny_batch(action=3)
     batch["action"] = jax.nn.one_hot(jnp.argmax(batch["action"], -1), 3)
-    state, metrics = agent.train(state, batch, jax.random.key(0))
+    state, metrics = jax.jit(agent.train)(state, batch, jax.random.key(0))
     assert np.isfinite(float(metrics["actor_loss"]))
     obs = {"proprio": jnp.zeros((2, 5)), "is_first": jnp.ones(2, bool)}
     action, _ = agent.policy(state, agent.init_policy(2), obs, jax.random.key(1))

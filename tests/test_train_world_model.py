@@ -71,5 +71,5 @@ def test_data_shorter_than_the_sequence_and_missing_data(data, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="No episodes"):
         train(args(empty, tmp_path / "run"))
-    with pytest.raises(FileNotFoundError, match="not a world-model run"):
+    with pytest.raises(FileNotFoundError, match="holds no trained world model"):
         load(tmp_path)
