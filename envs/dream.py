@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from embodied.nn.distributions import symexp
 from embodied.replay import EpisodeStore
 from embodied.worldmodel import ImagineState, WorldModel
 from embodied.worldmodel.io import load
@@ -90,7 +91,7 @@ def _observe(model: WorldModel, state: ImagineState, kind: Observation):
     out = model.decode(state.z)
     obs = {"image": _frame(model, state)}
     if "proprio" in out:
-        obs["proprio"] = jnp.sign(out["proprio"]) * jnp.expm1(jnp.abs(out["proprio"]))  # the decoder predicts symlog
+        obs["proprio"] = symexp(out["proprio"])  # the decoder predicts symlog(proprio)
     return obs
 
 
