@@ -18,6 +18,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from embodied.config import require
 from embodied.worldmodel import ImagineState, WorldModel, imagine
 
 
@@ -33,11 +34,12 @@ class MPCConfig:
     min_std: float = 0.05
 
     def __post_init__(self):
-        if not 1 <= self.elites <= self.samples:
-            raise ValueError(f"mpc.elites={self.elites} must lie in [1, mpc.samples={self.samples}].")
-        for name in ("horizon", "samples", "iterations"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"mpc.{name}={getattr(self, name)} must be >= 1.")
+        require(self, {
+            "horizon": (self.horizon >= 1, ">= 1"),
+            "samples": (self.samples >= 1, ">= 1"),
+            "iterations": (self.iterations >= 1, ">= 1"),
+            "elites": (1 <= self.elites <= self.samples, f"in [1, samples={self.samples}]"),
+        }, prefix="mpc.")
 
 
 def score(model: WorldModel, value, start: ImagineState, actions: jax.Array, key: jax.Array, discount: float) -> jax.Array:

@@ -9,6 +9,20 @@ import typing
 from typing import Any
 
 
+def require(config: Any, checks: dict[str, tuple[bool, str]], prefix: str = "") -> None:
+    """Raises ValueError naming the first field whose value cannot work.
+
+    `checks` maps a field name (dotted for nested configs) to (ok, what is allowed);
+    `prefix` is where the config sits on the command line (`agent.`).
+    """
+    for name, (ok, allowed) in checks.items():
+        if not ok:
+            value = config
+            for part in name.split("."):
+                value = getattr(value, part)
+            raise ValueError(f"{prefix}{name}={value!r} cannot work: it must be {allowed}.")
+
+
 def to_dict(config: Any) -> dict:
     """Nested plain values (tuples as lists, paths as strings), ready for json.dumps."""
 

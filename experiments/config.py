@@ -24,6 +24,7 @@ from typing import Literal
 
 from agents.dreamer import DreamerConfig
 from agents.mpc import MPCConfig
+from embodied.config import require
 from embodied.replay import ReplayConfig
 from embodied.worldmodel import BackboneConfig, OptimConfig, WorldModelConfig
 
@@ -93,37 +94,24 @@ def validate(config: Config) -> None:
         close = difflib.get_close_matches(config.task, envs.names(), n=3)
         raise ValueError(f"task={config.task!r} is not a known task{' (did you mean ' + ', '.join(close) + '?)' if close else ''}. "
                          f"Known: {', '.join(envs.names())}.")
-    checks = {
-        "steps": config.steps >= 1,
-        "train_ratio": config.train_ratio > 0,
-        "batch": config.batch >= 1,
-        "length": config.length >= 2,
-        "prefill": config.prefill >= 0,
-        "log_every": config.log_every >= 1,
-        "eval_every": config.eval_every >= 0,
-        "eval_episodes": config.eval_episodes >= 1,
-        "save_every": config.save_every >= 1,
-        "env.envs": config.env.envs >= 1,
-        "env.size": config.env.size >= 16 and config.env.size % 2 ** len(config.model.mults) == 0,
-        "env.pixels": config.env.pixels or config.env.proprio,
-        "replay.capacity": config.replay.capacity >= config.length,
-        "devices": config.devices >= 1 and config.batch % config.devices == 0,
-    }
-    allowed = {
-        "steps": ">= 1", "train_ratio": "> 0", "batch": ">= 1", "length": ">= 2 (a transition needs two steps)",
-        "prefill": ">= 0", "log_every": ">= 1", "eval_every": ">= 0", "eval_episodes": ">= 1", "save_every": ">= 1",
-        "env.envs": ">= 1", "env.size": f"a multiple of {2 ** len(config.model.mults)} (the encoder halves it {len(config.model.mults)} times), >= 16",
-        "env.pixels": "pixels or proprio (or both) must be on", "replay.capacity": f">= length ({config.length})",
-        "devices": f">= 1 and divide batch ({config.batch})",
-    }
-    for name, ok in checks.items():
-        if not ok:
-            value = config
-            for part in name.split("."):
-                value = getattr(value, part)
-            raise ValueError(f"{name}={value!r} cannot work: it must be {allowed[name]}.")
-    if config.planner == "mpc" and config.mpc.horizon < 1:
-        raise ValueError("mpc.horizon must be >= 1.")
+    halvings = len(config.model.mults)
+    require(config, {
+        "steps": (config.steps >= 1, ">= 1"),
+        "train_ratio": (config.train_ratio > 0, "> 0"),
+        "batch": (config.batch >= 1, ">= 1"),
+        "length": (config.length >= 2, ">= 2 (a transition needs two steps)"),
+        "prefill": (config.prefill >= 0, ">= 0"),
+        "log_every": (config.log_every >= 1, ">= 1"),
+        "eval_every": (config.eval_every >= 0, ">= 0"),
+        "eval_episodes": (config.eval_episodes >= 1, ">= 1"),
+        "save_every": (config.save_every >= 1, ">= 1"),
+        "env.envs": (config.env.envs >= 1, ">= 1"),
+        "env.size": (config.env.size >= 16 and config.env.size % 2**halvings == 0,
+                     f"a multiple of {2**halvings} (the encoder halves it {halvings} times), >= 16"),
+        "env.pixels": (config.env.pixels or config.env.proprio, "on, or proprio on (at least one of the two)"),
+        "replay.capacity": (config.replay.capacity >= config.length, f">= length ({config.length})"),
+        "devices": (config.devices >= 1 and config.batch % config.devices == 0, f">= 1 and divide batch ({config.batch})"),
+    })
 
 
 def _preset(**changes) -> Config:

@@ -40,7 +40,7 @@ from embodied.logging import Logger
 from embodied.parallel import data_parallel, make_mesh, shard_batch
 from embodied.replay import Replay
 from embodied.worldmodel import Spec
-from embodied.worldmodel.io import write_record
+from embodied.worldmodel.io import read_record, write_record
 from experiments.config import PRESETS, Config, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
@@ -63,11 +63,11 @@ def env_options(config: Config) -> dict:
     return dict(size=e.size, pixels=e.pixels, proprio=e.proprio, action_repeat=e.action_repeat, time_limit=e.time_limit)
 
 
-def task_spec(env) -> Spec:
-    spaces = env.observation_space.spaces
+def task_spec(vector) -> Spec:
+    spaces = vector.single_observation_space.spaces
     return Spec(image=spaces["image"].shape if "image" in spaces else None,
                 proprio=int(spaces["proprio"].shape[0]) if "proprio" in spaces else None,
-                action=int(env.action_space.shape[0]))
+                action=int(vector.single_action_space.shape[0]))
 
 
 def make_agent(config: Config, spec: Spec) -> Dreamer:
@@ -148,9 +148,7 @@ def train(config: Config) -> dict:
     (run / "config.json").write_text(json.dumps(to_dict(config), indent=2))
 
     vector = envs.make_vector(config.task, config.env.envs, **env_options(config))
-    probe = envs.make(config.task, **env_options(config))
-    spec, repeat = task_spec(probe), probe.unwrapped.action_repeat
-    probe.close()
+    spec, repeat = task_spec(vector), vector.get_attr("action_repeat")[0]
     agent = make_agent(config, spec)
     state = agent.init(config.seed)
     write_record(run, config.model, spec, config.task, ("world_model",))
@@ -294,9 +292,7 @@ def load(run: pathlib.Path) -> tuple[Config, Dreamer, object, int]:
     if not path.is_file():
         raise FileNotFoundError(f"{run} is not a training run (no config.json); pass the run directory of experiments.train.")
     config = from_dict(Config, json.loads(path.read_text()))
-    probe = envs.make(config.task, **env_options(config))
-    spec = task_spec(probe)
-    probe.close()
+    _, spec, _, _ = read_record(run)
     agent = make_agent(config, spec)
     checkpoints = Checkpointer(run / "checkpoints")
     restored = checkpoints.restore(agent.init(config.seed))

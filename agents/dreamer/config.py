@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from embodied.config import require
 from embodied.worldmodel import OptimConfig
 
 
@@ -31,17 +32,14 @@ class DreamerConfig:
     critic_optim: OptimConfig = OptimConfig(lr=3e-4, eps=1e-5, clip=100.0)
 
     def __post_init__(self):
-        checks = {
-            "horizon": self.horizon >= 1,
-            "discount": 0.0 < self.discount <= 1.0,
-            "lam": 0.0 <= self.lam <= 1.0,
-            "units": self.units >= 1,
-            "layers": self.layers >= 0,
-            "entropy": self.entropy >= 0.0,
-            "return_decay": 0.0 <= self.return_decay < 1.0,
-            "slow_critic_decay": 0.0 <= self.slow_critic_decay < 1.0,
-            "min_std": 0.0 < self.min_std <= self.max_std,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"agent.{name}={getattr(self, name)!r} cannot work: see DreamerConfig.{name} for the allowed range.")
+        require(self, {
+            "horizon": (self.horizon >= 1, ">= 1"),
+            "discount": (0.0 < self.discount <= 1.0, "in (0, 1]"),
+            "lam": (0.0 <= self.lam <= 1.0, "in [0, 1]"),
+            "units": (self.units >= 1, ">= 1"),
+            "layers": (self.layers >= 0, ">= 0"),
+            "entropy": (self.entropy >= 0.0, ">= 0"),
+            "return_decay": (0.0 <= self.return_decay < 1.0, "in [0, 1)"),
+            "slow_critic_decay": (0.0 <= self.slow_critic_decay < 1.0, "in [0, 1)"),
+            "min_std": (0.0 < self.min_std <= self.max_std, f"in (0, max_std={self.max_std}]"),
+        }, prefix="agent.")
