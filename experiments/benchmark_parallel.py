@@ -7,7 +7,8 @@ Strong scaling: a fixed global batch split over 1, 2, 4 devices. Weak scaling:
 a fixed batch per device. The world-model step (pixels, the small preset's
 model) and the whole agent step, frames/s, medians of `repeats`. On CPU the
 forced devices share the same cores, so this measures the overhead of
-partitioning, not a speed-up; on GPUs it measures the speed-up.
+partitioning, not a speed-up; on GPUs it measures the speed-up. A second table
+compares compute dtypes on one device.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Args:
     """Global batch for strong scaling; batch / max(devices) per device for weak scaling."""
     length: int = 64
     repeats: int = 5
+    dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    """Compute dtypes compared on one device at the global batch (`--compute-dtype` of the train scripts)."""
 
 
 def fake_batch(B: int, T: int, size: int, rng) -> dict:
@@ -66,9 +69,14 @@ def frames_per_second(agent: Dreamer, devices: int, B: int, T: int, repeats: int
     return B * T / float(np.median(times))
 
 
+def make_agent(preset: str, compute_dtype: str = "float32") -> Dreamer:
+    config = PRESETS[preset]
+    return Dreamer(Spec(image=(64, 64, 3), proprio=None, action=1), config.model, config.agent, config.model_optim,
+                   compute_dtype=compute_dtype)
+
+
 def main(args: Args) -> None:
-    config = PRESETS[args.preset]
-    agent = Dreamer(Spec(image=(64, 64, 3), proprio=None, action=1), config.model, config.agent, config.model_optim)
+    agent = make_agent(args.preset)
     per_device = args.batch // max(args.devices)
     rows, base = [], {}
     for n in args.devices:
@@ -81,6 +89,11 @@ def main(args: Args) -> None:
     print(f"Agent train step (world model + imagination + actor-critic), preset {args.preset}, T={args.length}, "
           f"{jax.devices()[0].platform} x{len(jax.devices())}; frames/s, median of {args.repeats}")
     print(table(["devices", "global batch", "frames/s", "vs 1", "weak batch", "frames/s", "efficiency"], rows))
+    if args.dtypes:
+        rates = {d: frames_per_second(make_agent(args.preset, d), 1, args.batch, args.length, args.repeats) for d in args.dtypes}
+        first = rates[args.dtypes[0]]
+        print(f"\nCompute dtype, 1 device, batch {args.batch}; frames/s, median of {args.repeats}")
+        print(table(["compute dtype", "frames/s", f"vs {args.dtypes[0]}"], [[d, f"{r:,.0f}", f"{r / first:.2f}x"] for d, r in rates.items()]))
 
 
 if __name__ == "__main__":

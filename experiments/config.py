@@ -77,6 +77,8 @@ class Config:
     mpc: MPCConfig = MPCConfig()
     devices: int = 1
     """Devices the train step runs over (data parallel: the batch splits over them; it must divide by this)."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 computes the train step in bfloat16; parameters, optimiser state and acting stay float32."""
     seed: int = 0
 
     @property

@@ -44,7 +44,7 @@ from embodied.worldmodel.io import read_record, write_record
 from experiments.config import PRESETS, Config, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
-RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "save_every", "planner", "mpc", "devices")
+RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "save_every", "planner", "mpc", "devices", "compute_dtype")
 
 
 def parse(argv: list[str] | None = None) -> Config:
@@ -71,7 +71,7 @@ def task_spec(vector) -> Spec:
 
 
 def make_agent(config: Config, spec: Spec) -> Dreamer:
-    return Dreamer(spec, config.model, config.agent, config.model_optim)
+    return Dreamer(spec, config.model, config.agent, config.model_optim, compute_dtype=config.compute_dtype)
 
 
 def enable_compile_cache() -> None:

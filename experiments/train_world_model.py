@@ -15,6 +15,7 @@ import dataclasses
 import json
 import pathlib
 import time
+from typing import Literal
 
 import jax
 import numpy as np
@@ -48,6 +49,8 @@ class Args:
     save_every: int = 250
     capacity: int = 1_000_000
     """Replay capacity in steps (the newest episodes that fit are loaded)."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16 computes the train step in bfloat16; parameters and optimiser state stay float32."""
     seed: int = 0
 
 
@@ -102,7 +105,7 @@ def train(args: Args) -> dict:
     write_record(args.run, args.model, spec, None, ())
     (args.run / "config.json").write_text(json.dumps({**record, "args": json.loads(json.dumps(dataclasses.asdict(args), default=str))}, indent=2))
 
-    train_step = jax.jit(make_train_step(graphdef, optimizer), donate_argnums=0)
+    train_step = jax.jit(make_train_step(graphdef, optimizer, args.compute_dtype), donate_argnums=0)
     logger = Logger(args.run)
     step = int(state.step)
     params = sum(x.size for x in jax.tree.leaves(state.params))

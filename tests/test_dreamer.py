@@ -57,11 +57,11 @@ def test_discrete_actor_is_a_mixed_categorical_over_one_hot_actions():
     np.testing.assert_allclose(entropy, -(probs * jnp.log(probs)).sum(-1), rtol=1e-5)
 
 
-def tiny_agent(discrete=False, kind="ssm", action=2):
+def tiny_agent(discrete=False, kind="ssm", action=2, compute_dtype="float32"):
     spec = Spec(image=None, proprio=5, action=action)
     model = WorldModelConfig(backbone=BackboneConfig(kind=kind, dim=16, state=8, layers=1, heads=2, context=4),
                              hidden=16, latent_vars=4, latent_classes=4)
-    return Dreamer(spec, model, DreamerConfig(units=16, layers=1, horizon=4), discrete=discrete)
+    return Dreamer(spec, model, DreamerConfig(units=16, layers=1, horizon=4), discrete=discrete, compute_dtype=compute_dtype)
 
 
 def tiny_batch(B=3, T=6, action=2, key=0):
@@ -85,6 +85,20 @@ def test_train_step_updates_every_network_and_reports_finite_metrics(kind):
         assert any(not np.allclose(a, b) for a, b in zip(before, after)), f"{name} did not change"
     assert all(np.isfinite(v) for v in jax.device_get(metrics).values()), metrics
     assert int(new.step) == 1 and float(metrics["skipped"]) == 0
+
+
+def test_bfloat16_train_keeps_float32_state_and_finite_metrics():
+    agent = tiny_agent(compute_dtype="bfloat16")
+    state = agent.init(0)
+    train = jax.jit(agent.train)
+    for i in range(3):
+        state, metrics = train(state, tiny_batch(key=i), jax.random.key(i))
+        assert all(np.isfinite(v) for v in jax.device_get(metrics).values()), metrics
+    floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert {x.dtype for x in floats} == {jnp.dtype(jnp.float32)}
+    action, _ = agent.policy(state, agent.init_policy(2), {"proprio": jnp.zeros((2, 5)), "is_first": jnp.ones(2, bool)},
+                             jax.random.key(1))
+    assert action.dtype == jnp.float32
 
 
 def test_discrete_actions_train_and_act():

@@ -108,3 +108,39 @@ def test_imagine_shapes_and_open_loop_actions(kind):
 def test_model_needs_some_observation():
     with pytest.raises(ValueError, match="image or proprio"):
         Spec(image=None, proprio=None, action=1)
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru", "transformer"])
+def test_bfloat16_compute_keeps_float32_parameters_and_tracks_the_float32_step(kind):
+    """Mixed precision: the step computes in bfloat16 (the activations are bfloat16), parameters
+    and optimiser moments stay float32, losses are finite, fall, and stay near float32's."""
+    from embodied.nn import precision
+
+    config = WorldModelConfig(backbone=BackboneConfig(kind=kind, dim=16, state=8, layers=1, heads=2, context=8), depth=4,
+                              latent_vars=4, latent_classes=4, hidden=16, reward_bins=15)
+    spec = SPEC if kind == "ssm" else Spec(image=None, proprio=3, action=2)  # the convolutions once
+    model = WorldModel(config, spec, rngs=nnx.Rngs(0))
+    optimizer = make_optimizer(OptimConfig(lr=3e-3))
+    graphdef, state = init_state(model, optimizer)
+    data = batch()
+    half = nnx.merge(graphdef, precision.cast(state.params, jnp.bfloat16), state.rest)
+    assert half.observe(data, jax.random.key(0)).y.dtype == jnp.bfloat16
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        step = jax.jit(make_train_step(graphdef, optimizer, compute_dtype=dtype))
+        s, losses[dtype] = state, []
+        for i in range(12):
+            s, metrics = step(s, data, jax.random.key(i))
+            losses[dtype].append(float(metrics["loss"]))
+        assert {x.dtype for x in jax.tree.leaves(s.params)} <= {jnp.dtype(jnp.float32)}
+        assert {x.dtype for x in jax.tree.leaves(s.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    assert np.isfinite(losses["bfloat16"]).all() and losses["bfloat16"][-1] < 0.8 * losses["bfloat16"][0]
+    np.testing.assert_allclose(losses["bfloat16"][0], losses["float32"][0], rtol=0.02)
+    np.testing.assert_allclose(losses["bfloat16"][-1], losses["float32"][-1], rtol=0.1)
+
+
+def test_unknown_compute_dtype_is_rejected_with_the_choices():
+    from embodied.nn import precision
+
+    with pytest.raises(ValueError, match="float16.*allowed: float32, bfloat16"):
+        precision.compute_dtype("float16")

@@ -26,6 +26,7 @@ from agents.dreamer import returns as ret
 from agents.dreamer.config import DreamerConfig
 from agents.dreamer.networks import Actor, Critic
 from agents.mpc import MPCConfig, plan
+from embodied.nn import precision
 from embodied.worldmodel import ImagineState, OptimConfig, Spec, WorldModel, WorldModelConfig, imagine, make_optimizer
 
 
@@ -55,8 +56,11 @@ class Dreamer:
     """Builds the networks once; `train` and `policy` are pure functions of a `DreamerState`."""
 
     def __init__(self, spec: Spec, model: WorldModelConfig = WorldModelConfig(), config: DreamerConfig = DreamerConfig(),
-                 model_optim: OptimConfig = OptimConfig(), *, discrete: bool = False):
+                 model_optim: OptimConfig = OptimConfig(), *, discrete: bool = False, compute_dtype: str = "float32"):
+        """`compute_dtype="bfloat16"`: `train` computes in bfloat16 from float32 parameters
+        (`embodied.nn.precision`); acting stays in float32."""
         self.spec, self.model_config, self.config, self.discrete = spec, model, config, discrete
+        self.dtype = precision.compute_dtype(compute_dtype)
         self.features = model.backbone.dim + model.latent_vars * model.latent_classes
         self.optimizers = {
             "world_model": make_optimizer(model_optim),
@@ -88,6 +92,10 @@ class Dreamer:
     def module(self, name: str, part: Part, params: nnx.State | None = None) -> nnx.Module:
         return nnx.merge(self._graphs[name], part.params if params is None else params, part.rest)
 
+    def _compute(self, name: str, part: Part, params: nnx.State | None = None) -> nnx.Module:
+        """The module with its parameters cast to the compute dtype (gradients flow back to float32)."""
+        return self.module(name, part, precision.cast(part.params if params is None else params, self.dtype))
+
     def parameter_counts(self, state: DreamerState) -> dict[str, int]:
         return {name: sum(x.size for x in jax.tree.leaves(getattr(state, name).params)) for name in self.optimizers}
 
@@ -99,7 +107,7 @@ class Dreamer:
 
         # World model.
         def wm_loss(params):
-            model = self.module("world_model", state.world_model, params)
+            model = self._compute("world_model", state.world_model, params)
             observation = model.observe(batch, wm_key)
             loss, metrics = model.loss_of(batch, observation)
             return loss, (metrics, model.starts(batch, observation))
@@ -111,13 +119,13 @@ class Dreamer:
         # Imagination, from every replayed step, under the world model the batch was scored with.
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
         starts = jax.tree.map(flat, starts)
-        model = self.module("world_model", state.world_model)
-        actor = self.module("actor", state.actor)
+        model = self._compute("world_model", state.world_model)
+        actor = self._compute("actor", state.actor)
         traj = imagine(model, actor.sample, starts, c.horizon, imagine_key)
         features = jax.lax.stop_gradient(traj.features)
 
         # Returns and their scale.
-        critic = self.module("critic", state.critic)
+        critic = self._compute("critic", state.critic)
         values = critic.value(features)
         returns = ret.lambda_returns(traj.rewards, values, c.discount * traj.continues, c.lam)
         first_cont = 1.0 - flat(batch["is_terminal"]).astype(jnp.float32)
@@ -127,7 +135,7 @@ class Dreamer:
 
         # Actor.
         def actor_loss(params):
-            logp, entropy = self.module("actor", state.actor, params).log_prob_entropy(features[:, :-1], traj.actions)
+            logp, entropy = self._compute("actor", state.actor, params).log_prob_entropy(features[:, :-1], traj.actions)
             loss = -(weight * (logp * advantage + c.entropy * entropy)).mean()
             return loss, entropy.mean()
 
@@ -135,10 +143,10 @@ class Dreamer:
         actor_part = self._apply("actor", state.actor, grads)
 
         # Critic.
-        slow_values = self.module("critic", state.critic, state.slow_critic).value(features[:, :-1])
+        slow_values = self._compute("critic", state.critic, state.slow_critic).value(features[:, :-1])
 
         def critic_loss(params):
-            net = self.module("critic", state.critic, params)
+            net = self._compute("critic", state.critic, params)
             loss = net.loss(features[:, :-1], returns) + c.slow_critic_reg * net.loss(features[:, :-1], slow_values)
             return (weight * loss).mean()
 

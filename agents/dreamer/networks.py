@@ -44,7 +44,7 @@ class Actor(nnx.Module):
         self.net = MLP(features, actions if discrete else 2 * actions, units, layers, rngs=rngs)
 
     def _params(self, features):
-        out = self.net(features)
+        out = self.net(features).astype(jnp.float32)
         if self.discrete:
             return dist.unimix_logits(out, self.unimix), None
         mean, std = jnp.split(out, 2, -1)

@@ -83,8 +83,10 @@ class Encoder(nnx.Module):
         self.out_features = (size[0] // scale) * (size[1] // scale) * channels[-1]
 
     def __call__(self, image: jax.Array) -> jax.Array:
+        """Computes in the dtype of its parameters."""
         lead = image.shape[:-3]
-        x = image.reshape(-1, *image.shape[-3:]).astype(jnp.float32) / 255.0 - 0.5
+        dtype = self.convs[0].kernel.dtype
+        x = image.reshape(-1, *image.shape[-3:]).astype(dtype) / 255.0 - 0.5
         for conv, norm in zip(self.convs, self.norms):
             x = jax.nn.silu(norm(conv(x)))
         return x.reshape(*lead, -1)

@@ -1,9 +1,16 @@
-"""Distributions and transforms of DreamerV3 (Hafner et al., 2023): symlog, two-hot, categorical latents."""
+"""Distributions and transforms of DreamerV3 (Hafner et al., 2023): symlog, two-hot, categorical latents.
+
+Functions of logits compute in float32 whatever the logits' dtype (see `embodied.nn.precision`).
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+
+def _f32(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def symlog(x):
@@ -30,17 +37,17 @@ def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
 
 def twohot_loss(logits: jax.Array, x: jax.Array, bins: jax.Array) -> jax.Array:
     """Cross-entropy of logits (..., K) against two-hot(x) (...)."""
-    return -(twohot(x, bins) * jax.nn.log_softmax(logits)).sum(-1)
+    return -(twohot(x, bins) * jax.nn.log_softmax(_f32(logits))).sum(-1)
 
 
 def twohot_mean(logits: jax.Array, bins: jax.Array) -> jax.Array:
     """The expected value, mapped back through symexp."""
-    return symexp((jax.nn.softmax(logits) * bins).sum(-1))
+    return symexp((jax.nn.softmax(_f32(logits)) * bins).sum(-1))
 
 
 def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
     """Mixes each categorical with a uniform: probabilities never reach zero, so KLs stay finite."""
-    probs = jax.nn.softmax(logits)
+    probs = jax.nn.softmax(_f32(logits))
     probs = (1 - unimix) * probs + unimix / logits.shape[-1]
     return jnp.log(probs)
 
@@ -54,6 +61,6 @@ def sample_straight_through(key: jax.Array, logits: jax.Array) -> jax.Array:
 
 def categorical_kl(lhs_logits: jax.Array, rhs_logits: jax.Array) -> jax.Array:
     """KL(lhs || rhs) summed over the V variables of (..., V, K) -> (...)."""
-    lhs = jax.nn.log_softmax(lhs_logits)
-    rhs = jax.nn.log_softmax(rhs_logits)
+    lhs = jax.nn.log_softmax(_f32(lhs_logits))
+    rhs = jax.nn.log_softmax(_f32(rhs_logits))
     return (jnp.exp(lhs) * (lhs - rhs)).sum((-2, -1))

@@ -114,7 +114,7 @@ class GRUBackbone(nnx.Module):
         self.dim = D
 
     def init_carry(self, batch: int):
-        return jnp.zeros((batch, self.dim))
+        return jnp.zeros((batch, self.dim), self.wh.dtype)  # the compute dtype (embodied.nn.precision)
 
     def _params(self):
         return {"wx": self.wx[...], "wh": self.wh[...], "b": self.b[...]}
@@ -166,8 +166,8 @@ class TransformerBackbone(nnx.Module):
     def init_carry(self, batch: int):
         shape = (batch, self.layers, self.context, self.heads, self.dim // self.heads)
         return {
-            "k": jnp.zeros(shape),
-            "v": jnp.zeros(shape),
+            "k": jnp.zeros(shape, self.pos.dtype),  # the compute dtype (embodied.nn.precision)
+            "v": jnp.zeros(shape, self.pos.dtype),
             # Episode -1 is an empty slot: no query ever belongs to it.
             "episode": jnp.full((batch, self.context), -1, jnp.int32),
             "time": jnp.zeros((batch,), jnp.int32),

@@ -106,7 +106,12 @@ class WorldModel(nnx.Module):
         self.cont = nnx.Sequential(nnx.Linear(D + self.latent, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, 1, rngs=rngs))
         self.bins = nnx.Variable(dist.twohot_bins(config.reward_bins))
 
-    # Pieces.
+    # Pieces. The model computes in the dtype of its parameters (float32, or bfloat16 when a
+    # train step casts them: `embodied.nn.precision`); inputs are cast at these entry points.
+
+    @property
+    def dtype(self):
+        return self.in_proj.kernel.dtype
 
     def encode(self, obs: dict) -> jax.Array:
         """Posterior logits (..., V, K) of each frame on its own."""
@@ -114,7 +119,7 @@ class WorldModel(nnx.Module):
         if self.spec.image is not None:
             parts.append(self.encoder(obs["image"]))
         if self.spec.proprio is not None:
-            parts.append(jax.nn.silu(self.proprio_in(dist.symlog(obs["proprio"]))))
+            parts.append(jax.nn.silu(self.proprio_in(dist.symlog(obs["proprio"]).astype(self.dtype))))
         logits = self.posterior(jnp.concatenate(parts, -1))
         return self._shape_latent(logits)
 
@@ -126,15 +131,15 @@ class WorldModel(nnx.Module):
         return self._shape_latent(self.prior(y))
 
     def backbone_input(self, z: jax.Array, action: jax.Array) -> jax.Array:
-        return self.in_proj(jnp.concatenate([z.reshape(*z.shape[:-2], -1), action], -1))
+        return self.in_proj(jnp.concatenate([z.reshape(*z.shape[:-2], -1), action], -1).astype(self.dtype))
 
     def heads(self, y: jax.Array, z_next: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Reward logits (..., bins) and continue logits (...) of the step that z_next starts."""
         feat = self.features(y, z_next)
-        return self.reward(feat), self.cont(feat)[..., 0]
+        return self.reward(feat).astype(jnp.float32), self.cont(feat)[..., 0].astype(jnp.float32)
 
     def decode(self, z: jax.Array) -> dict[str, jax.Array]:
-        flat = z.reshape(*z.shape[:-2], -1)
+        flat = z.reshape(*z.shape[:-2], -1).astype(self.dtype)
         out = {}
         if self.spec.image is not None:
             out["image"] = self.decoder(flat)
@@ -144,7 +149,7 @@ class WorldModel(nnx.Module):
 
     def features(self, y: jax.Array, z: jax.Array) -> jax.Array:
         """What a policy sees: [y_{t-1}, z_t] (..., D + V*K)."""
-        return jnp.concatenate([y, z.reshape(*z.shape[:-2], -1)], -1)
+        return jnp.concatenate([y, z.reshape(*z.shape[:-2], -1)], -1).astype(self.dtype)
 
     # Whole passes.
 

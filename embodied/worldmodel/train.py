@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from embodied.nn import precision
 from embodied.nn.ssm import SSMEigen
 from embodied.worldmodel.model import WorldModel
 
@@ -66,11 +67,16 @@ def skipped_updates(state: TrainState) -> jax.Array:
     return state.opt_state.total_notfinite
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation):
-    """Returns the pure `train_step(state, batch, key) -> (state, metrics)`; jit it at the call site."""
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, compute_dtype: str = "float32"):
+    """Returns the pure `train_step(state, batch, key) -> (state, metrics)`; jit it at the call site.
+
+    `compute_dtype="bfloat16"` computes the forward and backward pass in bfloat16 from float32
+    parameters (`embodied.nn.precision`); parameters, gradients and optimiser state stay float32.
+    """
+    dtype = precision.compute_dtype(compute_dtype)
 
     def loss_fn(params, rest, batch, key):
-        model = nnx.merge(graphdef, params, rest)
+        model = nnx.merge(graphdef, precision.cast(params, dtype), rest)
         return model.loss(batch, key)
 
     def train_step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, dict]:
