@@ -79,6 +79,9 @@ class Config:
     """Devices the train step runs over (data parallel: the batch splits over them; it must divide by this)."""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
     """bfloat16 computes the train step in bfloat16; parameters, optimiser state and acting stay float32."""
+    loop: Literal["host", "compiled"] = "host"
+    """host: Gymnasium environments in worker processes, replay in host memory. compiled: MJX environments,
+    device replay and training in one jitted program (experiments/compiled.py; mjx/ tasks, the default for them)."""
     seed: int = 0
 
     @property
@@ -90,12 +93,14 @@ def validate(config: Config) -> None:
     """Raises ValueError naming the field whose value cannot work."""
     import envs  # the task list; imported here so that configs stay light
 
-    if config.task not in envs.names():
+    if config.loop == "compiled" or config.task.startswith("mjx/"):
+        _validate_compiled(config)
+    elif config.task not in envs.names():
         import difflib
 
         close = difflib.get_close_matches(config.task, envs.names(), n=3)
         raise ValueError(f"task={config.task!r} is not a known task{' (did you mean ' + ', '.join(close) + '?)' if close else ''}. "
-                         f"Known: {', '.join(envs.names())}.")
+                         f"Known: {', '.join(envs.names())}, and with --loop compiled: {', '.join(_mjx_names())}.")
     halvings = len(config.model.mults)
     require(config, {
         "steps": (config.steps >= 1, ">= 1"),
@@ -114,6 +119,39 @@ def validate(config: Config) -> None:
         "replay.capacity": (config.replay.capacity >= config.length, f">= length ({config.length})"),
         "devices": (config.devices >= 1 and config.batch % config.devices == 0, f">= 1 and divide batch ({config.batch})"),
     })
+
+
+def _mjx_names() -> list[str]:
+    from envs.mjx import names
+
+    return names()
+
+
+def _validate_compiled(config: Config) -> None:
+    from envs.mjx import check_task
+
+    if config.loop != "compiled":
+        raise ValueError(f"loop={config.loop!r} cannot run task={config.task!r}: mjx/ tasks run in the compiled loop "
+                         f"(--loop compiled), or use its dm-control form for the host loop.")
+    try:
+        check_task(config.task)
+    except ValueError as e:
+        raise ValueError(f"task={config.task!r} cannot run with loop='compiled': {e}") from None
+    require(config, {
+        "env.pixels": (not config.env.pixels, "False: MJX tasks observe proprio only"),
+        "env.proprio": (config.env.proprio, "True: MJX tasks observe proprio"),
+        "devices": (config.devices == 1, "1 with loop='compiled' (the compiled loop runs on one device so far)"),
+        "prefill": (config.prefill >= config.length * config.env.envs * 2,
+                    f">= length * env.envs * 2 ({config.length * config.env.envs * 2}): the device replay needs "
+                    f"`length` rows before the first update"),
+        "replay.capacity": (config.replay.capacity // config.env.envs >= config.length,
+                            f">= length * env.envs ({config.length * config.env.envs})"),
+    })
+
+
+def compiled_defaults(config: Config) -> Config:
+    """The defaults an mjx/ task changes: proprio observations, the compiled loop."""
+    return dataclasses.replace(config, env=dataclasses.replace(config.env, pixels=False, proprio=True), loop="compiled")
 
 
 def _preset(**changes) -> Config:

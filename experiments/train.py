@@ -41,7 +41,7 @@ from embodied.parallel import data_parallel, make_mesh, shard_batch
 from embodied.replay import Replay
 from embodied.worldmodel import Spec
 from embodied.worldmodel.io import read_record, write_record
-from experiments.config import PRESETS, Config, validate
+from experiments.config import PRESETS, Config, compiled_defaults, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
 RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "save_every", "planner", "mpc", "devices", "compute_dtype")
@@ -51,8 +51,14 @@ def parse(argv: list[str] | None = None) -> Config:
     """`--preset NAME` chooses the defaults, then every other flag overrides them."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    pre.add_argument("--task", default=None)
     known, rest = pre.parse_known_args(argv)
-    config = tyro.cli(Config, default=PRESETS[known.preset], args=rest,
+    default = PRESETS[known.preset]
+    if known.task is not None:
+        rest = ["--task", known.task, *rest]
+        if known.task.startswith("mjx/"):
+            default = compiled_defaults(default)
+    config = tyro.cli(Config, default=default, args=rest,
                       description=f"{__doc__}\nPresets: {', '.join(sorted(PRESETS))} (--preset NAME before other flags).")
     validate(config)
     return config
@@ -101,8 +107,10 @@ class Acting:
 
 
 def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: jax.Array, video: pathlib.Path | None = None):
-    """Runs `episodes` episodes with the policy's mode in a fresh environment; returns their scores."""
-    env = envs.make(config.task, **env_options(config))
+    """Runs `episodes` episodes with the policy's mode in a fresh environment; returns their scores.
+
+    An agent of an `mjx/` task runs in the task's dm-control form (same observations, rewards, timing)."""
+    env = envs.make(config.task.replace("mjx/", "dmc/", 1), **env_options(config))
     acting = Acting(agent, config, 1, key, explore=False)
     acting.agent_state = agent_state
     scores, frames = [], []
@@ -136,6 +144,10 @@ def config_record(config: Config) -> dict:
 
 def train(config: Config) -> dict:
     """Runs (or resumes) the run described by `config`; returns a summary of the last window."""
+    if config.loop == "compiled":
+        from experiments.compiled import train_compiled
+
+        return train_compiled(config, lambda spec: make_agent(config, spec))
     enable_compile_cache()
     run = config.run_dir
     checkpoints = Checkpointer(run / "checkpoints")
@@ -295,12 +307,17 @@ def load(run: pathlib.Path) -> tuple[Config, Dreamer, object, int]:
     _, spec, _, _ = read_record(run)
     agent = make_agent(config, spec)
     checkpoints = Checkpointer(run / "checkpoints")
-    restored = checkpoints.restore(agent.init(config.seed))
+    template = agent.init(config.seed)
+    if config.loop == "compiled":  # the checkpoint holds the device replay beside the agent
+        from experiments.compiled import replay_template
+
+        template = {"agent": template, "replay": replay_template(config, spec)}
+    restored = checkpoints.restore(template)
     checkpoints.close()
     if restored is None:
         raise FileNotFoundError(f"{run / 'checkpoints'} holds no readable checkpoint.")
     step, state, _ = restored
-    return config, agent, state, step
+    return config, agent, state["agent"] if config.loop == "compiled" else state, step
 
 
 if __name__ == "__main__":
