@@ -23,11 +23,11 @@ from envs.vector import make_vector  # noqa: E402
 if "reverie/Dream-v0" not in gymnasium.registry:
     gymnasium.register("reverie/Dream-v0", entry_point="envs.dream:DreamEnv", disable_env_checker=True)
 
-__all__ = ["DreamEnv", "DreamVectorEnv", "make", "make_vector", "names"]
+__all__ = ["DreamEnv", "DreamVectorEnv", "LatentObservation", "make", "make_vector", "names"]
 
 
 def __getattr__(name):
-    if name in ("DreamEnv", "DreamVectorEnv"):
+    if name in ("DreamEnv", "DreamVectorEnv", "LatentObservation"):
         from envs import dream
 
         return getattr(dream, name)

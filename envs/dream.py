@@ -185,6 +185,41 @@ class DreamEnv(gym.Env):
         return np.asarray(obs[0], np.float32)
 
 
+class LatentObservation(gym.Wrapper):
+    """A real environment seen through a world model: each observation becomes the latent features
+    [y, z] that `DreamEnv(observation="latent")` gives, so a policy trained only in the dream acts in
+    the real task. The episode's first observation starts the state as `DreamEnv.reset` does; each
+    step feeds the action taken and encodes the next real observation (`WorldModel.filter_step`)."""
+
+    def __init__(self, env: gym.Env, checkpoint: str | pathlib.Path | None = None, *, model: WorldModel | None = None):
+        super().__init__(env)
+        model, _ = _resolve(checkpoint, model, None)
+        self.dream = Dream(model, "latent")
+        self.observation_space = self.dream.observation_space()
+        if env.action_space.shape != self.dream.action_space().shape:
+            raise ValueError(f"The environment's actions {env.action_space.shape} are not the world model's "
+                             f"{self.dream.action_space().shape}: it was trained on another task.")
+        graphdef, state = nnx.split(model)
+        self._filter = jax.jit(lambda s, a, obs: nnx.merge(graphdef, state).filter_step(s, a, obs))
+        self._state: ImagineState | None = None
+
+    def _inputs(self, obs) -> dict:
+        return {k: v[:, 0] for k, v in self.dream.check_observations(obs, None).items() if k in ("image", "proprio")}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._state = self.dream.start(self.dream.check_observations(obs, None))
+        return self._features(), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._state = self._filter(self._state, jnp.asarray(action, jnp.float32)[None], self._inputs(obs))
+        return self._features(), reward, terminated, truncated, info
+
+    def _features(self) -> np.ndarray:
+        return np.asarray(self.dream.observe(self._state)[0], np.float32)
+
+
 class DreamVectorEnv(gym.vector.VectorEnv):
     """`num_envs` dreams stepped together in one jit-compiled call, restarting from real starts."""
 

@@ -4,7 +4,16 @@
     python -m experiments.evaluate --checkpoint runs/... --planner mpc --video eval.gif
 
 `--checkpoint` is a run directory of experiments.train (or its checkpoints/
-folder). The policy acts with its mode (no exploration noise) unless
+folder).
+
+A policy trained elsewhere, for instance only inside `DreamEnv`, runs in the
+real task with `--policy MODULE:FUNCTION`: `FUNCTION(observation_space,
+action_space)` returns `act(observation) -> action`. `--checkpoint` then names
+the world model's run, and `--observation latent` shows the policy the latent
+features it saw in the dream (`envs.LatentObservation`); `image` shows the real
+observations, which have the dream's spaces:
+
+    python -m experiments.evaluate --checkpoint runs/wm --policy my_agent:load_policy --observation latent The policy acts with its mode (no exploration noise) unless
 `--explore`; `--planner mpc` plans in latent space instead of using the actor.
 Prints the mean and standard deviation of the return and writes a video of the
 first episode.
@@ -34,11 +43,66 @@ class Args:
     video: pathlib.Path | None = None
     """GIF of the first episode; defaults to <run>/evaluate.gif."""
     seed: int = 0
+    policy: str | None = None
+    """MODULE:FUNCTION of a policy trained elsewhere (e.g. in DreamEnv) instead of the run's agent."""
+    observation: Literal["latent", "image"] = "latent"
+    """With --policy: what the policy sees (the observation kind of the DreamEnv it was trained in)."""
+    task: str | None = None
+    """With --policy: the real task; defaults to the world model's (world_model.json)."""
+
+
+def load_policy(spec: str):
+    """`package.module:function` -> the function (imported, never unpickled)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--policy must be MODULE:FUNCTION (e.g. my_agent:load_policy); got {spec!r}.")
+    function = getattr(importlib.import_module(module), name, None)
+    if not callable(function):
+        raise ValueError(f"--policy {spec!r}: {module} has no function {name!r}.")
+    return function
+
+
+def evaluate_foreign(args: Args) -> dict:
+    """Runs a policy trained elsewhere in the real task, through the world model of `--checkpoint` when latent."""
+    import envs
+    from embodied.worldmodel.io import read_record
+
+    make_policy = load_policy(args.policy)
+    _, spec, task, _ = read_record(args.checkpoint)
+    task = args.task or task
+    if task is None:
+        raise ValueError(f"{args.checkpoint} does not record its task; pass --task.")
+    env = envs.make(task.replace("mjx/", "dmc/", 1), size=spec.image[0] if spec.image else 64,
+                    pixels=spec.image is not None, proprio=spec.proprio is not None)
+    if args.observation == "latent":
+        env = envs.LatentObservation(env, args.checkpoint)
+    act = make_policy(env.observation_space, env.action_space)
+    scores = []
+    try:
+        for episode in range(args.episodes):
+            obs, _ = env.reset(seed=args.seed + episode)
+            done, score = False, 0.0
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(np.asarray(act(obs), np.float32))
+                score, done = score + reward, terminated or truncated
+            scores.append(score)
+    finally:
+        env.close()
+    result = {"task": task, "policy": args.policy, "observation": args.observation, "episodes": args.episodes,
+              "mean": float(np.mean(scores)), "std": float(np.std(scores)), "returns": [float(s) for s in scores]}
+    print(json.dumps(result))
+    print(f"{task}, policy {args.policy} ({args.observation}): return {result['mean']:.1f} +- {result['std']:.1f} "
+          f"over {args.episodes} episodes")
+    return result
 
 
 def main(args: Args) -> dict:
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1; got {args.episodes}.")
+    if args.policy is not None:
+        return evaluate_foreign(args)
     config, agent, state, step = load(args.checkpoint)
     if args.planner is not None:
         config = dataclasses.replace(config, planner=args.planner)

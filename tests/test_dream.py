@@ -103,3 +103,39 @@ def test_imagine_script_writes_side_by_side_video_and_keyboard_drives_it(run, tm
     assert imagine.key_action("d", 1).tolist() == [1.0] and imagine.key_action("q", 1) is None
     with pytest.raises(ValueError, match="pass --task"):
         imagine.main(imagine.Args(checkpoint=run))
+
+
+def test_a_policy_trained_only_in_the_dream_runs_in_the_real_task(run, tmp_path, monkeypatch):
+    """Random search over linear policies on DreamEnv's latent features (the dream only), then
+    experiments/evaluate.py runs the best in the real task through envs.LatentObservation."""
+    from experiments import evaluate
+
+    run, data = run
+    dream = envs.DreamEnv(checkpoint=run, dataset=data, observation="latent", horizon=10)
+    rng = np.random.default_rng(0)
+    best, best_return = None, -np.inf
+    for _ in range(4):
+        weights = rng.normal(0, 0.1, (dream.observation_space.shape[0], 1)).astype(np.float32)
+        obs, _ = dream.reset(seed=0)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = dream.step(np.tanh(obs @ weights))
+            total, done = total + reward, terminated or truncated
+        if total > best_return:
+            best, best_return = weights, total
+    np.save(tmp_path / "policy.npy", best)
+    monkeypatch.setenv("REVERIE_TEST_POLICY", str(tmp_path / "policy.npy"))
+
+    # The real episode starts where the dream starts from the same observation.
+    real = envs.LatentObservation(envs.make("dmc/cartpole-swingup", size=16), run)
+    features, _ = real.reset(seed=0)
+    first, _ = envs.make("dmc/cartpole-swingup", size=16).reset(seed=0)
+    dreamed, _ = dream.reset(options={"observations": first})
+    np.testing.assert_allclose(features, dreamed, atol=1e-5)
+    assert real.observation_space.contains(features)
+
+    result = evaluate.main(evaluate.Args(checkpoint=run, policy="tests.dream_policy:load_policy", observation="latent",
+                                         task="dmc/cartpole-swingup", episodes=1))
+    assert result["task"] == "dmc/cartpole-swingup" and np.isfinite(result["mean"]) and result["mean"] > 0
+    with pytest.raises(ValueError, match="MODULE:FUNCTION"):
+        evaluate.main(evaluate.Args(checkpoint=run, policy="no_colon"))

@@ -224,6 +224,15 @@ class WorldModel(nnx.Module):
         z_last = jax.nn.one_hot(jnp.argmax(self.encode({k: v[:, -1] for k, v in batch.items()}), -1), self.config.latent_classes)
         return ImagineState(carry, y_last, z_last)
 
+    def filter_step(self, state: ImagineState, action: jax.Array, obs: dict) -> ImagineState:
+        """Follows real data one step: [z_t, a_t] through the backbone, then z_{t+1} the posterior
+        mode of the real observation o_{t+1} (inputs (B, ...)). With `start`, this gives a real
+        episode the latent features a policy sees in the dream (`envs.dream.LatentObservation`)."""
+        reset = jnp.zeros(action.shape[:1], bool)
+        y, carry = self.backbone.step(self.backbone_input(state.z, action), state.carry, reset)
+        z = jax.nn.one_hot(jnp.argmax(self.encode(obs), -1), self.config.latent_classes)
+        return ImagineState(carry, y, z)
+
     def starts(self, batch: dict, observation: Observation) -> ImagineState:
         """An imagination state at every step of real data, leaves (B, T, ...), gradients stopped.
 
