@@ -20,7 +20,6 @@ same checkpoint can be evaluated in dm-control with experiments/evaluate.py.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -33,8 +32,6 @@ import numpy as np
 import tqdm
 
 from agents.dreamer import Dreamer, DreamerState
-from embodied.checkpoint import Checkpointer
-from embodied.config import to_dict
 from embodied.logging import Logger
 from embodied.replay import device as device_replay
 from embodied.worldmodel import ImagineState, Spec
@@ -200,20 +197,13 @@ class CompiledLoop:
 
 def train_compiled(config: Config, agent_for) -> dict:
     """Runs (or resumes) a compiled-loop run; `agent_for(spec)` builds the agent (experiments.train.make_agent)."""
-    from experiments.train import _crossed, _differences, config_record, enable_compile_cache
+    from experiments.train import _crossed, config_record, enable_compile_cache, open_run
 
     enable_compile_cache()
     env = make_env(config)
     check_memory(config, env)
     run = config.run_dir
-    checkpoints = Checkpointer(run / "checkpoints")
-    meta = checkpoints.read_meta()
-    if meta is not None and meta["config"] != config_record(config):
-        differences = "\n".join(f"  {n}: checkpoint {a!r}, now {b!r}" for n, a, b in _differences(meta["config"], config_record(config)))
-        raise ValueError(f"{run} holds a run with another config; resume it with the same flags or pass another --run. "
-                         f"Differences:\n{differences}")
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    checkpoints, meta = open_run(config)
     spec = spec_of(env)
     agent = agent_for(spec)
     write_record(run, config.model, spec, config.task, ("agent", "world_model"))

@@ -142,13 +142,9 @@ def config_record(config: Config) -> dict:
     return record
 
 
-def train(config: Config) -> dict:
-    """Runs (or resumes) the run described by `config`; returns a summary of the last window."""
-    if config.loop == "compiled":
-        from experiments.compiled import train_compiled
-
-        return train_compiled(config, lambda spec: make_agent(config, spec))
-    enable_compile_cache()
+def open_run(config: Config) -> tuple[Checkpointer, dict | None]:
+    """The run directory's checkpointer and newest metadata; a config that differs from the checkpoint's
+    (beyond RESUMABLE_CHANGES) fails here, naming every differing field. Writes config.json."""
     run = config.run_dir
     checkpoints = Checkpointer(run / "checkpoints")
     meta = checkpoints.read_meta()
@@ -158,6 +154,18 @@ def train(config: Config) -> dict:
                          f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume. Differences:\n{differences}")
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    return checkpoints, meta
+
+
+def train(config: Config) -> dict:
+    """Runs (or resumes) the run described by `config`; returns a summary of the last window."""
+    if config.loop == "compiled":
+        from experiments.compiled import train_compiled
+
+        return train_compiled(config, lambda spec: make_agent(config, spec))
+    enable_compile_cache()
+    run = config.run_dir
+    checkpoints, meta = open_run(config)
 
     vector = envs.make_vector(config.task, config.env.envs, **env_options(config))
     spec, repeat = task_spec(vector), vector.get_attr("action_repeat")[0]
