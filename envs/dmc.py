@@ -39,10 +39,18 @@ TASKS = {
 TASKS["cup-catch"] = ("ball_in_cup", "catch")  # the name used by Dreamer and the issue tracker
 
 
+ACTION_REPEAT = 2
+
+
+def default_time_limit(action_repeat: int) -> int:
+    """1,000 control steps, in agent steps."""
+    return -(-1000 // action_repeat)
+
+
 class DMC(MujocoTask):
     """`dmc/<domain>-<task>`, e.g. `dmc/cartpole-swingup`."""
 
-    def __init__(self, task: str, *, action_repeat: int = 2, time_limit: int | None = None, **options):
+    def __init__(self, task: str, *, action_repeat: int = ACTION_REPEAT, time_limit: int | None = None, **options):
         from dm_control import suite
 
         domain, name = TASKS[task]
@@ -53,7 +61,7 @@ class DMC(MujocoTask):
         # steps, the same for every suite.
         self._env._step_limit = float("inf")
         if time_limit is None:
-            time_limit = -(-1000 // action_repeat)
+            time_limit = default_time_limit(action_repeat)
         spec = self._env.observation_spec()
         self._obs_keys = list(spec)
         self._obs_dim = sum(int(np.prod(s.shape)) for s in spec.values())

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from envs import dmc
+
 with contextlib.redirect_stdout(io.StringIO()):  # mjx prints a notice when the optional `warp` backend is absent
     from mujoco import mjx
 
@@ -176,7 +178,7 @@ def check_task(name: str) -> str:
 class MJXEnv:
     """One `mjx/<domain>-<task>` environment as pure functions of a `State`; vmap them for many."""
 
-    def __init__(self, name: str, *, action_repeat: int = 2, time_limit: int | None = None):
+    def __init__(self, name: str, *, action_repeat: int = dmc.ACTION_REPEAT, time_limit: int | None = None):
         from dm_control import suite
 
         self.name, self.task = name, check_task(name)
@@ -193,7 +195,7 @@ class MJXEnv:
         self._domain = _domain(self.task, model)
         self.action_repeat = action_repeat
         self.substeps = round(env.control_timestep() / model.opt.timestep)
-        self.time_limit = time_limit if time_limit is not None else -(-1000 // action_repeat)
+        self.time_limit = time_limit if time_limit is not None else dmc.default_time_limit(action_repeat)
         self.action_size = int(model.nu)
         self.low, self.high = (np.asarray(x, np.float32) for x in model.actuator_ctrlrange.T)
         # dm-control's randomize_limited_and_rotational_joints, for models of hinges and slides.
@@ -212,7 +214,7 @@ class MJXEnv:
         m = self.model
         d = mjx.make_data(m)
         qpos, qvel = jnp.asarray(self.host_model.qpos0, jnp.float32), jnp.zeros(m.nv)
-        key, k1, k2, k3 = jax.random.split(key, 4)
+        k1, k2, k3 = jax.random.split(key, 3)
         target = jnp.zeros(2)
         init = self._domain.init
         if init == "cartpole-swingup":

@@ -66,8 +66,8 @@ def spec_of(env: MJXEnv) -> Spec:
 
 
 def make_env(config: Config) -> MJXEnv:
-    repeat = config.env.action_repeat if config.env.action_repeat is not None else 2
-    return MJXEnv(config.task, action_repeat=repeat, time_limit=config.env.time_limit)
+    repeat = {} if config.env.action_repeat is None else {"action_repeat": config.env.action_repeat}
+    return MJXEnv(config.task, time_limit=config.env.time_limit, **repeat)
 
 
 def _step_fields(env: MJXEnv | Spec) -> dict[str, jax.ShapeDtypeStruct]:
