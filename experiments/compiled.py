@@ -30,9 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from agents.dreamer import Dreamer, DreamerState
 from embodied.logging import Logger
+from embodied.parallel import make_mesh
 from embodied.replay import device as device_replay
 from embodied.worldmodel import ImagineState, Spec
 from embodied.worldmodel.io import write_record
@@ -86,7 +88,7 @@ def replay_template(config: Config, spec: Spec) -> device_replay.DeviceReplay:
 
 def check_memory(config: Config, env: MJXEnv) -> None:
     """A replay that cannot fit in device memory fails here, before anything compiles."""
-    need = device_replay.nbytes(_step_fields(env), config.replay.capacity)
+    need = device_replay.nbytes(_step_fields(env), config.replay.capacity) // config.devices  # split over the devices
     stats = jax.devices()[0].memory_stats() or {}
     limit = stats.get("bytes_limit")
     where = f"{jax.devices()[0].device_kind} memory"
@@ -103,8 +105,26 @@ class CompiledLoop:
         self.envs = config.env.envs
         self.per_iteration = self.envs * env.action_repeat  # environment steps
         self.per_update = config.batch * config.length
+        self.mesh = make_mesh(config.devices)
 
     # State.
+
+    def shardings(self, carry: Carry) -> Carry:
+        """Where each leaf lives on the mesh: per-environment leaves (N, ...) and the replay's
+        environment axis split over `data`, the agent state and counters replicated. Each device
+        steps its environments and holds their replay rows; `Dreamer.train` runs data parallel
+        on batches split the same way (as `embodied.parallel.data_parallel` does)."""
+        split, replicated = NamedSharding(self.mesh, P("data")), NamedSharding(self.mesh, P())
+        per_env = lambda tree: jax.tree.map(lambda _: split, tree)  # noqa: E731
+        return carry.replace(
+            agent=jax.tree.map(lambda _: replicated, carry.agent), env=per_env(carry.env), obs=split, reward=split,
+            is_first=split, last=split, score=split, policy=per_env(carry.policy),
+            replay=carry.replay.replace(data=jax.tree.map(lambda _: NamedSharding(self.mesh, P(None, "data")), carry.replay.data),
+                                        written=replicated),
+            env_steps=replicated, debt=replicated, updates=replicated, key=replicated)
+
+    def place(self, carry: Carry) -> Carry:
+        return jax.device_put(carry, self.shardings(carry))
 
     def init(self, agent_state: DreamerState, key: jax.Array, replay=None, env_steps: int = 0, debt: float = 0.0,
              updates: int = 0) -> Carry:
@@ -154,6 +174,7 @@ class CompiledLoop:
             agent_state, sums = inner
             k_sample, k_train = jax.random.split(jax.random.fold_in(train_key, i))
             batch = device_replay.sample(replay, k_sample, c.batch, c.length)
+            batch = jax.lax.with_sharding_constraint(batch, NamedSharding(self.mesh, P("data")))
             agent_state, metrics = self.agent.train(agent_state, batch, k_train)
             return agent_state, jax.tree.map(jnp.add, sums, metrics)
 
@@ -174,7 +195,11 @@ class CompiledLoop:
 
     def run(self, carry: Carry, iterations: int) -> tuple[Carry, dict]:
         """`iterations` iterations in one `lax.scan`; outputs summed over them."""
-        carry, outs = jax.lax.scan(lambda c, _: self.iteration(c), carry, None, length=iterations)
+        def body(carry, _):
+            carry, out = self.iteration(carry)
+            return jax.lax.with_sharding_constraint(carry, self.shardings(carry)), out
+
+        carry, outs = jax.lax.scan(body, carry, None, length=iterations)
         return carry, jax.tree.map(lambda x: x.sum(0), outs)
 
     def evaluate(self, agent_state: DreamerState, key: jax.Array, episodes: int) -> jax.Array:
@@ -220,12 +245,13 @@ def train_compiled(config: Config, agent_for) -> dict:
             Logger.truncate(run, counters["env_steps"])
             print(f"Resuming {run} at {counters['env_steps']} environment steps, {counters['updates']} updates; "
                   f"device replay holds {min(int(carry.replay.written), carry.replay.rows) * loop.envs} steps.")
+    carry = loop.place(carry)
     iterations = max(1, config.log_every // loop.per_iteration)
     run_chunk = jax.jit(loop.run, static_argnums=1, donate_argnums=0)
     evaluate = jax.jit(loop.evaluate, static_argnums=2)
     logger = Logger(run)
     counts = agent.parameter_counts(carry.agent)
-    print(f"{config.task} (compiled loop, {loop.envs} MJX environments): world model {counts['world_model'] / 1e6:.2f}M "
+    print(f"{config.task} (compiled loop, {loop.envs} MJX environments on {config.devices} device(s)): world model {counts['world_model'] / 1e6:.2f}M "
           f"parameters; {config.batch}x{config.length} per update, {loop.envs * config.train_ratio / loop.per_update:.3f} "
           f"updates per iteration, {iterations} iterations per call.")
 

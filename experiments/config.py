@@ -140,7 +140,8 @@ def _validate_compiled(config: Config) -> None:
     require(config, {
         "env.pixels": (not config.env.pixels, "False: MJX tasks observe proprio only"),
         "env.proprio": (config.env.proprio, "True: MJX tasks observe proprio"),
-        "devices": (config.devices == 1, "1 with loop='compiled' (the compiled loop runs on one device so far)"),
+        "env.envs": (config.env.envs % config.devices == 0,
+                     f"a multiple of devices ({config.devices}): each device steps env.envs / devices environments"),
         "prefill": (config.prefill >= config.length * config.env.envs * 2,
                     f">= length * env.envs * 2 ({config.length * config.env.envs * 2}): the device replay needs "
                     f"`length` rows before the first update"),
