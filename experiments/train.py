@@ -11,6 +11,14 @@ state (parameters, optimiser moments, normalisers), step counters, update
 debt, the sampler's and the policy's random state. The replay is reloaded
 from disk up to its capacity, never twice; episodes finished after the last
 checkpoint are kept. A SIGTERM or Ctrl-C writes a checkpoint before exiting.
+
+Several hosts: start the same command on each with JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID set (`embodied.parallel.initialize`).
+Each process steps its own environments into its own replay (replay/ on
+process 0, replay-<i>/ on the others) and samples batch / processes rows of
+every update; the update itself is one global step over all processes'
+devices (`--devices` counts each process's). Process 0 logs, evaluates and
+writes config.json; all take part in checkpoints.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from embodied.checkpoint import Checkpointer
 from embodied.config import from_dict, to_dict
 from embodied.driver import Driver, EpisodeStats, random_policy
 from embodied.logging import Logger
-from embodied.parallel import data_parallel, make_mesh, shard_batch
+from embodied.parallel import data_parallel, initialize, make_mesh, shard_batch
 from embodied.replay import Replay
 from embodied.worldmodel import Spec
 from embodied.worldmodel.io import read_record, write_record
@@ -142,6 +150,31 @@ def config_record(config: Config) -> dict:
     return record
 
 
+def local(tree):
+    """This process's copy of a replicated state: acting and evaluation run on one process alone,
+    and a jitted call on arrays that span several processes would need all of them."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(lambda x: x.addressable_data(0) if isinstance(x, jax.Array) else x, tree)
+
+
+def all_processes(flag: bool) -> bool:
+    """True when `flag` holds on every process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def parameter_digest(state) -> str:
+    """A short hash of the parameters (multi-host runs print it: equal on every process)."""
+    import hashlib
+
+    leaves = [np.asarray(x) for x in jax.tree.leaves(local(state))]
+    return hashlib.sha256(b"".join(x.tobytes() for x in leaves)).hexdigest()[:16]
+
+
 def open_run(config: Config) -> tuple[Checkpointer, dict | None]:
     """The run directory's checkpointer and newest metadata; a config that differs from the checkpoint's
     (beyond RESUMABLE_CHANGES) fails here, naming every differing field. Writes config.json."""
@@ -153,7 +186,8 @@ def open_run(config: Config) -> tuple[Checkpointer, dict | None]:
         raise ValueError(f"{run} holds a run with another config; resume it with the same flags or pass another --run. "
                          f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume. Differences:\n{differences}")
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+    if jax.process_index() == 0:
+        (run / "config.json").write_text(json.dumps(to_dict(config), indent=2))
     return checkpoints, meta
 
 
@@ -167,32 +201,40 @@ def train(config: Config) -> dict:
     run = config.run_dir
     checkpoints, meta = open_run(config)
 
+    process, processes = jax.process_index(), jax.process_count()
+    if config.batch % (config.devices * processes):
+        raise ValueError(f"batch={config.batch} must divide over all {config.devices * processes} devices "
+                         f"({processes} processes x devices={config.devices}).")
     vector = envs.make_vector(config.task, config.env.envs, **env_options(config))
     spec, repeat = task_spec(vector), vector.get_attr("action_repeat")[0]
     agent = make_agent(config, spec)
     state = agent.init(config.seed)
-    write_record(run, config.model, spec, config.task, ("world_model",))
-    replay = Replay(config.replay, directory=run / "replay")
+    if process == 0:
+        write_record(run, config.model, spec, config.task, ("world_model",))
+    replay = Replay(config.replay, directory=run / ("replay" if process == 0 else f"replay-{process}"))
     counters = {"env_steps": 0, "updates": 0, "debt": 0.0, "episodes": 0}
-    sampler = np.random.default_rng(config.seed)
+    sampler = np.random.default_rng([config.seed, process])
     key = jax.random.key(config.seed)
+    log_dir = run if process == 0 else run / f"process-{process}"
     restored = checkpoints.restore(state) if meta is not None else None
     if restored is not None:
         _, state, meta = restored
         counters = meta["counters"]
-        sampler.bit_generator.state = meta["sampler_rng"]
+        if process == 0:  # the others draw on from a fresh stream (their state is not in the checkpoint)
+            sampler.bit_generator.state = meta["sampler_rng"]
         key = jax.random.wrap_key_data(np.asarray(meta["key"], np.uint32))
-        Logger.truncate(run, counters["env_steps"])
+        Logger.truncate(log_dir, counters["env_steps"])
         print(f"Resuming {run} at {counters['env_steps']} environment steps, {counters['updates']} updates; "
               f"replay holds {len(replay)} steps from disk.")
 
     key, act_key, eval_key = jax.random.split(key, 3)
-    acting = Acting(agent, config, config.env.envs, act_key, explore=True)
-    acting.agent_state = state
-    random_actions = random_policy(vector.single_action_space, seed=config.seed + counters["env_steps"])
-    mesh = make_mesh(config.devices)
+    acting = Acting(agent, config, config.env.envs, jax.random.fold_in(act_key, process), explore=True)
+    acting.agent_state = local(state)
+    env_seed = config.seed + counters["env_steps"] + 1_000_003 * process
+    random_actions = random_policy(vector.single_action_space, seed=env_seed)
+    mesh = make_mesh(config.devices * processes)
     train_step = data_parallel(agent.train, mesh)
-    logger = Logger(run)
+    logger = Logger(log_dir)
     scores: deque[float] = deque(maxlen=20)
     window = {"metrics": [], "start": time.perf_counter(), "env_steps": 0, "updates": 0}
     counts = agent.parameter_counts(state)
@@ -217,14 +259,17 @@ def train(config: Config) -> dict:
 
     previous_handler = signal.signal(signal.SIGTERM, stop)
     driver = Driver(vector, on_episode)
-    driver.reset(seed=config.seed + counters["env_steps"])
+    driver.reset(seed=env_seed)
+    ready = False  # every process's replay holds a sequence; latched, so all processes agree when to train
     bar = tqdm.tqdm(total=config.steps, initial=counters["env_steps"], unit="step", desc=config.task, dynamic_ncols=True)
     summary = {}
     per_update = config.batch * config.length
     try:
         while counters["env_steps"] < config.steps:
             before = counters["env_steps"]
-            prefilling = counters["env_steps"] < config.prefill or len(replay) < config.length
+            if not ready:
+                ready = all_processes(len(replay) >= config.length)
+            prefilling = counters["env_steps"] < config.prefill or not ready
             driver.step(random_actions if prefilling else acting, 1)
             counters["env_steps"] += config.env.envs * repeat
             window["env_steps"] += config.env.envs * repeat
@@ -234,10 +279,10 @@ def train(config: Config) -> dict:
                 counters["debt"] += config.env.envs * config.train_ratio / per_update
                 while counters["debt"] >= 1.0:
                     key, step_key = jax.random.split(key)
-                    batch = {k: v for k, v in replay.sample(config.batch, config.length, sampler).items() if k != "is_last"}
+                    batch = {k: v for k, v in replay.sample(config.batch // processes, config.length, sampler).items() if k != "is_last"}
                     batch = shard_batch(batch, mesh)
                     state, metrics = train_step(state, batch, step_key)
-                    acting.agent_state = state
+                    acting.agent_state = local(state)
                     window["metrics"].append(metrics)
                     counters["updates"] += 1
                     window["updates"] += 1
@@ -245,10 +290,10 @@ def train(config: Config) -> dict:
 
             if _crossed(before, counters["env_steps"], config.log_every):
                 summary = _log(logger, counters, window, scores, per_update, bar)
-            if config.eval_every and _crossed(before, counters["env_steps"], config.eval_every) and counters["updates"]:
+            if process == 0 and config.eval_every and _crossed(before, counters["env_steps"], config.eval_every) and counters["updates"]:
                 eval_key, k = jax.random.split(eval_key)
                 video = run / f"eval-{counters['env_steps']}.gif"
-                returns = evaluate(agent, config, state, config.eval_episodes, k, video=video)
+                returns = evaluate(agent, config, local(state), config.eval_episodes, k, video=video)
                 logger.write(counters["env_steps"], {"eval/return": np.mean(returns), "eval/return_std": np.std(returns)})
                 bar.write(f"eval at {counters['env_steps']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} ({video.name})")
             if _crossed(before, counters["env_steps"], config.save_every):
@@ -263,7 +308,7 @@ def train(config: Config) -> dict:
         checkpoints.close()
         logger.close()
         vector.close()
-    return {**summary, **counters}
+    return {**summary, **counters, "parameters": parameter_digest(state)}
 
 
 def _differences(old: dict, new: dict, prefix: str = ""):
@@ -328,5 +373,16 @@ def load(run: pathlib.Path) -> tuple[Config, Dreamer, object, int]:
     return config, agent, state["agent"] if config.loop == "compiled" else state, step
 
 
+def main(argv: list[str] | None = None) -> dict:
+    multi = initialize()  # a no-op unless the JAX_* variables (or a cluster) say there are several processes
+    config = parse(argv)
+    summary = train(config)
+    if multi:
+        print(f"process {jax.process_index()}/{jax.process_count()}: {summary['env_steps']} environment steps, "
+              f"{summary['updates']} updates, parameters {summary['parameters']}", flush=True)
+        jax.distributed.shutdown()
+    return summary
+
+
 if __name__ == "__main__":
-    train(parse())
+    main()
