@@ -9,6 +9,16 @@ import pathlib
 import numpy as np
 
 
+def resident_memory_gib() -> float:
+    """This process's resident host memory (Linux /proc; NaN elsewhere): logged by the training loops
+    as `host/rss_gib`, so memory that grows over a run shows in its curves before it kills it."""
+    try:
+        pages = int(pathlib.Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
 class Logger:
     """`write(step, metrics)` appends a line to metrics.jsonl and scalars to TensorBoard."""
 

@@ -33,7 +33,7 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from agents.dreamer import Dreamer, DreamerState
-from embodied.logging import Logger
+from embodied.logging import Logger, resident_memory_gib
 from embodied.parallel import make_mesh
 from embodied.replay import device as device_replay
 from embodied.worldmodel import ImagineState, Spec
@@ -280,7 +280,8 @@ def train_compiled(config: Config, agent_for) -> dict:
             if out["episodes"]:
                 scores = (scores + [float(out["score"]) / int(out["episodes"])])[-20:]
             summary = {"speed/env_steps_per_s": (after - before) / seconds, "speed/updates_per_s": updates / seconds,
-                       "speed/replayed_frames_per_s": updates * loop.per_update / seconds}
+                       "speed/replayed_frames_per_s": updates * loop.per_update / seconds,
+                       "host/rss_gib": resident_memory_gib()}
             if updates:
                 summary.update({f"train/{k}": float(v) / updates for k, v in out["metrics"].items() if k != "skipped"})
                 summary["train/skipped"] = float(out["metrics"]["skipped"]) / updates

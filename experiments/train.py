@@ -44,7 +44,7 @@ from agents.dreamer import Dreamer
 from embodied.checkpoint import Checkpointer
 from embodied.config import from_dict, to_dict
 from embodied.driver import Driver, EpisodeStats, random_policy
-from embodied.logging import Logger
+from embodied.logging import Logger, resident_memory_gib
 from embodied.parallel import data_parallel, initialize, make_mesh, shard_batch
 from embodied.replay import Replay
 from embodied.worldmodel import Spec
@@ -331,6 +331,7 @@ def _log(logger: Logger, counters: dict, window: dict, scores, per_update: int, 
         "speed/replayed_frames_per_s": window["updates"] * per_update / seconds,
         "speed/updates_per_s": window["updates"] / seconds,
         "replay/episodes": counters["episodes"],
+        "host/rss_gib": resident_memory_gib(),
     }
     if window["metrics"]:
         stacked = jax.device_get(jax.tree.map(lambda *x: jnp.stack(x), *window["metrics"]))

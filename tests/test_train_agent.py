@@ -32,6 +32,7 @@ def test_losses_are_finite_and_fall(run):
     assert all(np.isfinite(v) for line in trained for v in line.values())
     assert trained[-1]["train/image_loss"] < trained[0]["train/image_loss"]
     assert out["updates"] > 50 and out["train/skipped"] == 0
+    assert 0.1 < trained[-1]["host/rss_gib"] < 20  # host memory is logged with every window
     assert (run / "checkpoints" / "400").is_dir() and (run / "config.json").is_file()
 
 
