@@ -284,7 +284,7 @@ def train_compiled(config: Config, agent_for) -> dict:
                        "host/rss_gib": resident_memory_gib()}
             if updates:
                 summary.update({f"train/{k}": float(v) / updates for k, v in out["metrics"].items() if k != "skipped"})
-                summary["train/skipped"] = float(out["metrics"]["skipped"]) / updates
+                summary["train/skipped"] = float(agent.skipped(carry.agent))  # a running count, as in the host loop
             if scores:
                 summary["episode/recent_score"] = float(np.mean(scores))
             logger.write(after, summary)

@@ -157,10 +157,15 @@ class Dreamer:
         metrics.update(
             actor_loss=a_loss, critic_loss=c_loss, actor_entropy=entropy, imagined_reward=traj.rewards.mean(),
             imagined_return=returns.mean(), value=values.mean(), return_scale=ret.return_scale(return_range),
-            skipped=world_model.opt_state.total_notfinite + actor_part.opt_state.total_notfinite + critic_part.opt_state.total_notfinite,
         )
         new = DreamerState(world_model, actor_part, critic_part, slow, return_range, state.step + 1)
+        metrics["skipped"] = self.skipped(new)
         return new, metrics
+
+    @staticmethod
+    def skipped(state: DreamerState) -> jax.Array:
+        """Updates skipped so far for a non-finite loss or gradient, over the three networks."""
+        return sum(getattr(state, name).opt_state.total_notfinite for name in ("world_model", "actor", "critic"))
 
     def _apply(self, name: str, part: Part, grads) -> Part:
         updates, opt_state = self.optimizers[name].update(grads, part.opt_state, part.params)
