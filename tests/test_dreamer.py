@@ -42,6 +42,21 @@ def test_continuous_actor_log_prob_and_entropy_match_the_normal():
     assert sample.shape == (5, 2) and np.all(np.abs(sample) <= 1.0)
 
 
+def test_imagination_samples_unclipped_actions_and_the_world_model_clips_them():
+    """The policy gradient needs the log-probability of the drawn sample, not of the box edge."""
+    from flax import nnx
+
+    actor = Actor(6, 2, discrete=False, units=8, layers=1, rngs=nnx.Rngs(0))
+    features = jax.random.normal(jax.random.key(0), (256, 6))
+    raw = actor.sample(features, jax.random.key(1), clip=False)
+    clipped = actor.sample(features, jax.random.key(1))
+    assert np.any(np.abs(raw) > 1.0) and np.all(np.abs(clipped) <= 1.0)
+    np.testing.assert_array_equal(clipped, jnp.clip(raw, -1, 1))
+    model = tiny_agent().module("world_model", tiny_agent().init(0).world_model)
+    z = jax.nn.one_hot(jnp.zeros((256, 4), int), 4)
+    np.testing.assert_array_equal(model.backbone_input(z, raw), model.backbone_input(z, clipped))
+
+
 def test_discrete_actor_is_a_mixed_categorical_over_one_hot_actions():
     from flax import nnx
 

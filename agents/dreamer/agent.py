@@ -16,6 +16,8 @@ and R2I). One `train` call:
 
 from __future__ import annotations
 
+import functools
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -121,7 +123,7 @@ class Dreamer:
         starts = jax.tree.map(flat, starts)
         model = self._compute("world_model", state.world_model)
         actor = self._compute("actor", state.actor)
-        traj = imagine(model, actor.sample, starts, c.horizon, imagine_key)
+        traj = imagine(model, functools.partial(actor.sample, clip=False), starts, c.horizon, imagine_key)
         features = jax.lax.stop_gradient(traj.features)
 
         # Returns and their scale.

@@ -1,7 +1,8 @@
 """The actor and the critic: MLPs on world-model features (DreamerV3, Hafner et al., 2023).
 
 - Actor, continuous actions: a bounded Gaussian (mean tanh-squashed into [-1, 1],
-  standard deviation in [min_std, max_std]); samples are clipped to the action box.
+  standard deviation in [min_std, max_std]); actions sent to an environment are
+  clipped to the action box.
 - Actor, discrete actions: a categorical with 1% uniform mixed in, actions one-hot.
 - Critic: a two-hot distribution over symlog-spaced bins; its output layer starts
   at zero, so the first value estimates are 0 rather than noise.
@@ -50,11 +51,17 @@ class Actor(nnx.Module):
         mean, std = jnp.split(out, 2, -1)
         return jnp.tanh(mean), (self.max_std - self.min_std) * jax.nn.sigmoid(std + 2.0) + self.min_std
 
-    def sample(self, features: jax.Array, key: jax.Array) -> jax.Array:
+    def sample(self, features: jax.Array, key: jax.Array, clip: bool = True) -> jax.Array:
+        """An action; continuous samples are clipped to the action box unless `clip` is False.
+
+        Training imagines with unclipped samples (the world model clips what it is given), so
+        that the policy gradient takes the log-probability of what was drawn: at a clipped
+        action, the log-probability of the box edge would bias the mean and shrink the std."""
         a, b = self._params(features)
         if self.discrete:
             return jax.nn.one_hot(jax.random.categorical(key, a), self.actions)
-        return jnp.clip(a + b * jax.random.normal(key, a.shape), -1.0, 1.0)
+        sample = a + b * jax.random.normal(key, a.shape)
+        return jnp.clip(sample, -1.0, 1.0) if clip else sample
 
     def mode(self, features: jax.Array) -> jax.Array:
         a, _ = self._params(features)

@@ -131,6 +131,9 @@ class WorldModel(nnx.Module):
         return self._shape_latent(self.prior(y))
 
     def backbone_input(self, z: jax.Array, action: jax.Array) -> jax.Array:
+        """[z, a] projected to the backbone's width; actions are clipped to the action box [-1, 1],
+        the only actions an environment applies (an actor may imagine with unclipped samples)."""
+        action = jnp.clip(action, -1.0, 1.0)
         return self.in_proj(jnp.concatenate([z.reshape(*z.shape[:-2], -1), action], -1).astype(self.dtype))
 
     def heads(self, y: jax.Array, z_next: jax.Array) -> tuple[jax.Array, jax.Array]:
