@@ -128,6 +128,49 @@ def test_discrete_actions_train_and_act():
     assert action.shape == (2, 3) and np.all(action.sum(-1) == 1)
 
 
+def test_imagination_is_differentiable_in_the_actions_even_beyond_the_box():
+    """What the backprop actor needs: gradients from imagined outcomes to earlier actions,
+    through the backbone and the straight-through prior latents, also at a clipped action."""
+    from embodied.worldmodel import imagine
+
+    agent = tiny_agent()
+    model = agent.module("world_model", agent.init(0).world_model)
+    start = ImagineState(model.backbone.init_carry(4), jnp.zeros((4, 16)), jax.nn.one_hot(jnp.zeros((4, 4), int), 4))
+
+    def last_continue(actions):
+        return imagine(model, None, start, 3, jax.random.key(0), actions=actions).continues[:, -1].sum()
+
+    for value in (0.3, 1.5):
+        grads = jax.grad(last_continue)(jnp.full((4, 3, 2), value))
+        assert np.all(np.abs(grads[:, 0]).sum(-1) > 0), f"no gradient to the first action at {value}"
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_both_actor_gradients_learn_and_backprop_refuses_discrete_actions(discrete):
+    import dataclasses
+
+    batch = tiny_batch(action=3)
+    if discrete:
+        batch["action"] = jax.nn.one_hot(jnp.argmax(batch["action"], -1), 3)
+    base = tiny_agent(discrete=discrete, action=3)
+    assert base.config.actor_grad == "reinforce"
+    results = {}
+    for grad in ("reinforce", "backprop"):
+        config = dataclasses.replace(base.config, actor_grad=grad)
+        if discrete and grad == "backprop":
+            with pytest.raises(ValueError, match="actor_grad='backprop' needs continuous actions"):
+                Dreamer(base.spec, base.model_config, config, discrete=True)
+            continue
+        agent = Dreamer(base.spec, base.model_config, config, discrete=discrete)
+        state = agent.init(0)
+        new, metrics = jax.jit(agent.train)(state, batch, jax.random.key(0))
+        assert np.isfinite(float(metrics["actor_loss"]))
+        results[grad] = jax.tree.leaves(new.actor.params)
+        assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(state.actor.params), results[grad]))
+    if not discrete:
+        assert any(not np.allclose(a, b) for a, b in zip(results["backprop"], results["reinforce"]))
+
+
 def test_imagination_starts_are_fresh_at_episode_starts():
     agent = tiny_agent()
     state = agent.init(0)

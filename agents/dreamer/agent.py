@@ -8,10 +8,12 @@ and R2I). One `train` call:
    imagination start at every replayed step (B*T starts, gradients stopped).
 2. Imagination: the actor rolls the world model H steps from every start in
    recurrent mode (`lax.scan`).
-3. Critic: two-hot symlog regression onto TD(lambda) returns, pulled towards a
+3. Actor, then critic: two-hot symlog regression onto TD(lambda) returns, pulled towards a
    slow EMA copy of itself.
-4. Actor: REINFORCE on advantages scaled by the 5-95th return percentile range,
+4. Actor: maximises imagined returns scaled by the 5-95th return percentile range,
    plus an entropy bonus; steps after a predicted termination are down-weighted.
+   REINFORCE by default; for continuous actions `actor_grad="backprop"` follows
+   the returns' gradient through the dynamics instead.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class Dreamer:
         (`embodied.nn.precision`); acting stays in float32."""
         self.spec, self.model_config, self.config, self.discrete = spec, model, config, discrete
         self.dtype = precision.compute_dtype(compute_dtype)
+        if discrete and config.actor_grad == "backprop":
+            raise ValueError("agent.actor_grad='backprop' needs continuous actions (it differentiates the sampled "
+                             "action); this task's are discrete: use 'reinforce'.")
         self.features = model.backbone.dim + model.latent_vars * model.latent_classes
         self.optimizers = {
             "world_model": make_optimizer(model_optim),
@@ -121,28 +126,33 @@ class Dreamer:
         # Imagination, from every replayed step, under the world model the batch was scored with.
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
         starts = jax.tree.map(flat, starts)
-        model = self._compute("world_model", state.world_model)
-        actor = self._compute("actor", state.actor)
-        traj = imagine(model, functools.partial(actor.sample, clip=False), starts, c.horizon, imagine_key)
-        features = jax.lax.stop_gradient(traj.features)
-
-        # Returns and their scale.
-        critic = self._compute("critic", state.critic)
-        values = critic.value(features)
-        returns = ret.lambda_returns(traj.rewards, values, c.discount * traj.continues, c.lam)
         first_cont = 1.0 - flat(batch["is_terminal"]).astype(jnp.float32)
-        weight = jnp.cumprod(jnp.concatenate([first_cont[:, None], traj.continues[:, :-1]], 1), 1)
-        return_range = ret.update_return_range(state.return_range, returns, c.return_decay)
-        advantage = (returns - values[:, :-1]) / ret.return_scale(return_range)
+        model = self._compute("world_model", state.world_model)
+        critic = self._compute("critic", state.critic)
+        backprop = c.actor_grad == "backprop"
 
-        # Actor.
+        # Actor. Imagination runs inside the loss: with backprop, the normalised returns are the
+        # objective and their gradient flows through the dynamics into the actions; with
+        # reinforce, nothing but the log-probabilities of the drawn actions depends on the actor.
         def actor_loss(params):
-            logp, entropy = self._compute("actor", state.actor, params).log_prob_entropy(features[:, :-1], traj.actions)
-            loss = -(weight * (logp * advantage + c.entropy * entropy)).mean()
-            return loss, entropy.mean()
+            actor = self._compute("actor", state.actor, params)
+            sample = functools.partial(actor.sample, clip=False)
+            policy = sample if backprop else lambda f, key: jax.lax.stop_gradient(sample(f, key))
+            traj = imagine(model, policy, starts, c.horizon, imagine_key)
+            values = critic.value(traj.features)
+            returns = ret.lambda_returns(traj.rewards, values, c.discount * traj.continues, c.lam)
+            weight = jax.lax.stop_gradient(jnp.cumprod(jnp.concatenate([first_cont[:, None], traj.continues[:, :-1]], 1), 1))
+            return_range = ret.update_return_range(state.return_range, jax.lax.stop_gradient(returns), c.return_decay)
+            advantage = (returns - jax.lax.stop_gradient(values[:, :-1])) / ret.return_scale(return_range)
+            logp, entropy = actor.log_prob_entropy(jax.lax.stop_gradient(traj.features[:, :-1]), jax.lax.stop_gradient(traj.actions))
+            objective = advantage if backprop else logp * jax.lax.stop_gradient(advantage)
+            loss = -(weight * (objective + c.entropy * entropy)).mean()
+            return loss, (jax.lax.stop_gradient((traj, returns, values, weight)), return_range, entropy.mean())
 
-        (a_loss, entropy), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.actor.params)
+        (a_loss, ((traj, returns, values, weight), return_range, entropy)), grads = jax.value_and_grad(
+            actor_loss, has_aux=True)(state.actor.params)
         actor_part = self._apply("actor", state.actor, grads)
+        features = traj.features
 
         # Critic.
         slow_values = self._compute("critic", state.critic, state.slow_critic).value(features[:, :-1])

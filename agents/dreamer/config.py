@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from embodied.config import require
 from embodied.worldmodel import OptimConfig
@@ -21,6 +22,11 @@ class DreamerConfig:
     """Hidden layers of the actor and the critic."""
     entropy: float = 3e-4
     """Entropy bonus on normalised advantages."""
+    actor_grad: Literal["reinforce", "backprop"] = "reinforce"
+    """How the actor learns from imagined returns. reinforce: the score function on advantages
+    (DreamerV3's current choice). backprop: the returns' own gradient through the world model's
+    dynamics (reparameterised actions, straight-through latents), as Dreamer v1/v2 and the 2023
+    DreamerV3 did for continuous actions; continuous actions only."""
     return_decay: float = 0.99
     """EMA decay of the 5th and 95th return percentiles that scale advantages."""
     slow_critic_decay: float = 0.98

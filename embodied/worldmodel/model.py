@@ -132,8 +132,10 @@ class WorldModel(nnx.Module):
 
     def backbone_input(self, z: jax.Array, action: jax.Array) -> jax.Array:
         """[z, a] projected to the backbone's width; actions are clipped to the action box [-1, 1],
-        the only actions an environment applies (an actor may imagine with unclipped samples)."""
-        action = jnp.clip(action, -1.0, 1.0)
+        the only actions an environment applies (an actor may imagine with unclipped samples).
+        The clip passes gradients straight through, so that a sample beyond the box still
+        learns from the model's slope at its edge."""
+        action = jax.lax.stop_gradient(jnp.clip(action, -1.0, 1.0)) + (action - jax.lax.stop_gradient(action))
         return self.in_proj(jnp.concatenate([z.reshape(*z.shape[:-2], -1), action], -1).astype(self.dtype))
 
     def heads(self, y: jax.Array, z_next: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -205,10 +207,13 @@ class WorldModel(nnx.Module):
         return loss, metrics
 
     def imagine_step(self, state: ImagineState, action: jax.Array, key: jax.Array):
-        """One recurrent step under `action` (B, A): (next state, reward (B,), continue probability (B,))."""
+        """One recurrent step under `action` (B, A): (next state, reward (B,), continue probability (B,)).
+
+        Differentiable in the action: the prior latent is sampled with straight-through gradients,
+        so an actor can learn by backpropagating imagined returns through the dynamics."""
         reset = jnp.zeros(action.shape[:1], bool)
         y, carry = self.backbone.step(self.backbone_input(state.z, action), state.carry, reset)
-        z = jax.nn.one_hot(jax.random.categorical(key, self.prior_logits(y)), self.config.latent_classes)
+        z = dist.sample_straight_through(key, self.prior_logits(y))
         reward_logits, cont_logits = self.heads(y, z)
         return ImagineState(carry, y, z), dist.twohot_mean(reward_logits, self.bins[...]), jax.nn.sigmoid(cont_logits)
 
