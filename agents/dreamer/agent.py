@@ -8,12 +8,12 @@ and R2I). One `train` call:
    imagination start at every replayed step (B*T starts, gradients stopped).
 2. Imagination: the actor rolls the world model H steps from every start in
    recurrent mode (`lax.scan`).
-3. Actor, then critic: two-hot symlog regression onto TD(lambda) returns, pulled towards a
-   slow EMA copy of itself.
-4. Actor: maximises imagined returns scaled by the 5-95th return percentile range,
+3. Actor: maximises imagined returns scaled by the 5-95th return percentile range,
    plus an entropy bonus; steps after a predicted termination are down-weighted.
    REINFORCE by default; for continuous actions `actor_grad="backprop"` follows
    the returns' gradient through the dynamics instead.
+4. Critic: two-hot symlog regression onto the same TD(lambda) returns, pulled
+   towards a slow EMA copy of itself.
 """
 
 from __future__ import annotations
