@@ -131,26 +131,31 @@ class Dreamer:
         critic = self._compute("critic", state.critic)
         backprop = c.actor_grad == "backprop"
 
-        # Actor. Imagination runs inside the loss: with backprop, the normalised returns are the
-        # objective and their gradient flows through the dynamics into the actions; with
-        # reinforce, nothing but the log-probabilities of the drawn actions depends on the actor.
-        def actor_loss(params):
-            actor = self._compute("actor", state.actor, params)
-            sample = functools.partial(actor.sample, clip=False)
-            policy = sample if backprop else lambda f, key: jax.lax.stop_gradient(sample(f, key))
-            traj = imagine(model, policy, starts, c.horizon, imagine_key)
+        def rollout(actor):
+            """Imagine from every start and score it: the trajectory, its returns, values, weights,
+            the updated return range and the normalised advantages (differentiable in the actor
+            through the dynamics; REINFORCE stops them)."""
+            traj = imagine(model, functools.partial(actor.sample, clip=False), starts, c.horizon, imagine_key)
             values = critic.value(traj.features)
             returns = ret.lambda_returns(traj.rewards, values, c.discount * traj.continues, c.lam)
             weight = jax.lax.stop_gradient(jnp.cumprod(jnp.concatenate([first_cont[:, None], traj.continues[:, :-1]], 1), 1))
             return_range = ret.update_return_range(state.return_range, jax.lax.stop_gradient(returns), c.return_decay)
             advantage = (returns - jax.lax.stop_gradient(values[:, :-1])) / ret.return_scale(return_range)
+            return traj, returns, values, weight, return_range, advantage
+
+        # Actor. With backprop, imagination runs inside the loss and the normalised returns are the
+        # objective; with REINFORCE, it runs once outside and only log-probabilities are differentiated.
+        def actor_loss(params, scored=None):
+            actor = self._compute("actor", state.actor, params)
+            traj, returns, values, weight, return_range, advantage = rollout(actor) if scored is None else scored
             logp, entropy = actor.log_prob_entropy(jax.lax.stop_gradient(traj.features[:, :-1]), jax.lax.stop_gradient(traj.actions))
-            objective = advantage if backprop else logp * jax.lax.stop_gradient(advantage)
+            objective = advantage if scored is None else logp * advantage
             loss = -(weight * (objective + c.entropy * entropy)).mean()
             return loss, (jax.lax.stop_gradient((traj, returns, values, weight)), return_range, entropy.mean())
 
+        scored = None if backprop else jax.lax.stop_gradient(rollout(self._compute("actor", state.actor)))
         (a_loss, ((traj, returns, values, weight), return_range, entropy)), grads = jax.value_and_grad(
-            actor_loss, has_aux=True)(state.actor.params)
+            actor_loss, has_aux=True)(state.actor.params, scored)
         actor_part = self._apply("actor", state.actor, grads)
         features = traj.features
 
