@@ -6,9 +6,12 @@ Widths are chosen so that the four backbones have parameter counts within 10%
 of each other (printed). Training rows time one jitted update of the backbone
 with an input projection and a regression loss over [B, T, D] (the part of the
 world model that differs between backbones; the conv encoder and decoder cost
-the same for all). Imagination rows run the whole world model (prior, reward
+the same for all); the SSMs run once with each scan over time (`sequential`,
+the CPU default, and `parallel`, the associative scan). Imagination rows run the whole world model (prior, reward
 and continue heads, no decoding) in `lax.scan`, batch 1024, horizon 16.
-Peak memory is XLA's compiled temporary buffer size.
+Peak memory is XLA's compiled temporary buffer size. GFLOP/s is XLA's count of
+the update's floating-point operations over its median time; MFU divides it by
+a 2048x2048 float32 matmul timed in the same run (the machine's ceiling).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Args:
     imagine_batch: int = 1024
     horizon: int = 16
     kinds: tuple[str, ...] = tuple(WIDTHS)
+    scans: tuple[str, ...] = ("sequential", "parallel")
+    """The SSM's scans over time to time in training (embodied/nn/ssm.py)."""
 
 
 def timed(fn, *inputs, repeats):
@@ -49,6 +54,18 @@ def timed(fn, *inputs, repeats):
         jax.block_until_ready(fn(*inputs))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def matmul_ceiling(repeats: int) -> float:
+    """FLOP/s of a 2048x2048 float32 matmul in JAX on this machine, now."""
+    x = jax.random.normal(jax.random.key(0), (2048, 2048))
+    return 2 * 2048**3 / timed(jax.jit(lambda a: a @ a), x, repeats=max(repeats, 10))
+
+
+def update_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def count(tree) -> int:
@@ -63,9 +80,11 @@ class Probe(nnx.Module):
 
 
 def train_rows(args: Args) -> str:
+    ceiling = matmul_ceiling(args.repeats)
     rows = []
-    for kind in args.kinds:
-        config = BackboneConfig(kind=kind, dim=WIDTHS[kind], context=64)
+    variants = [(f"{kind} ({scan} scan)" if kind.startswith("ssm") else kind, BackboneConfig(kind=kind, dim=WIDTHS[kind], context=64, scan=scan))
+                for kind in args.kinds for scan in (args.scans if kind.startswith("ssm") else ("auto",))]
+    for name, config in variants:
         probe = Probe(config, nnx.Rngs(0))
         graphdef, params = nnx.split(probe)
         tx = optax.adam(1e-4)
@@ -90,12 +109,20 @@ def train_rows(args: Args) -> str:
             memory = compiled.memory_analysis()
             peak = memory.temp_size_in_bytes / 2**20 if memory is not None else float("nan")
             seconds = timed(compiled, params, opt_state, x, repeats=args.repeats)
-            rows.append([kind, f"{count(params) / 1e3:.0f}k", T, B, f"{B * T / seconds:,.0f}", f"{peak:,.0f}"])
+            rate = update_flops(compiled) / seconds
+            # XLA counts a loop's body once: the GRU's matmuls run inside its loop over time.
+            flops = ["-", "-"] if config.kind == "gru" else [f"{rate / 1e9:.0f}", f"{rate / ceiling:.0%}"]
+            rows.append([name, f"{count(params) / 1e3:.0f}k", T, B, f"{B * T / seconds:,.0f}", f"{peak:,.0f}", *flops])
     by = {(r[0], r[2]): float(r[4].replace(",", "")) for r in rows}
-    note = "\n".join(f"- T={T}: ssm trains {by[('ssm', T)] / by[('gru', T)]:.2f}x the frames/s of gru, {by[('ssm', T)] / by[('transformer', T)]:.2f}x transformer"
-                     for T in args.lengths if ("ssm", T) in by and ("gru", T) in by and ("transformer", T) in by)
-    header = ["backbone", "params", "T", "B", "frames/s (fwd+bwd+adam)", "peak temp MiB"]
-    return "### Backbone training, B*T = %d frames per update\n\n" % args.frames + table(header, rows) + "\n\n" + note
+    note = "\n".join(f"- T={T}: {ssm} trains {by[(ssm, T)] / by[('gru', T)]:.2f}x the frames/s of gru, {by[(ssm, T)] / by[('transformer', T)]:.2f}x transformer"
+                     for ssm in dict.fromkeys(r[0] for r in rows if r[0].startswith("ssm"))
+                     for T in args.lengths if (ssm, T) in by and ("gru", T) in by and ("transformer", T) in by)
+    header = ["backbone", "params", "T", "B", "frames/s (fwd+bwd+adam)", "peak temp MiB", "GFLOP/s", "MFU"]
+    note += ("\n\nGFLOP/s and MFU: XLA's operation count over the median time, against the matmul ceiling; not shown "
+             "for the GRU, whose matmuls run inside a loop that XLA counts once (the SSM's sequential loop holds only "
+             "elementwise products, under 1% of its operations).")
+    return (f"### Backbone training, B*T = {args.frames} frames per update (matmul ceiling now: {ceiling / 1e9:.0f} GFLOP/s)\n\n"
+            + table(header, rows) + "\n\n" + note)
 
 
 def imagine_rows(args: Args) -> str:

@@ -45,6 +45,9 @@ class BackboneConfig:
     """Transformer attention heads."""
     context: int = 64
     """Transformer key/value cache: steps of history each step attends to."""
+    scan: Literal["auto", "parallel", "sequential"] = "auto"
+    """How the SSM's recurrence runs over time in training: an associative scan (parallel), a loop
+    (sequential), or auto: sequential on CPU, parallel on accelerators (embodied/nn/ssm.py)."""
 
 
 class MLP(nnx.Module):
@@ -62,7 +65,7 @@ class SSMBackbone(nnx.Module):
     def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
         selective = config.kind == "ssm-selective"
         self.norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
-        self.ssms = nnx.List([DiagonalSSM(config.dim, config.state, selective=selective, rngs=rngs) for _ in range(config.layers)])
+        self.ssms = nnx.List([DiagonalSSM(config.dim, config.state, selective=selective, scan=config.scan, rngs=rngs) for _ in range(config.layers)])
         self.mlp_norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
         self.mlps = nnx.List([MLP(config.dim, 2 * config.dim, rngs) for _ in range(config.layers)])
 
