@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark                  # everything
     python -m experiments.benchmark --only envs replay
+    python -m experiments.benchmark --only conv       # the pixel encoder and decoder: matmul form against XLA's convolutions
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tyro
 import envs
 from embodied.replay import Replay, ReplayConfig
 
-Section = Literal["envs", "replay"]
+Section = Literal["envs", "replay", "conv"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,10 @@ class Args:
     env_steps: int = 400
     """Agent steps per timed repeat of an environment."""
     tasks: tuple[str, ...] = ("gym/HalfCheetah-v5", "dmc/cheetah-run")
+    conv_frames: int = 1024
+    """64x64 frames per timed encoder or decoder pass (the small preset's 16 x 64 batch)."""
+    conv_depths: tuple[int, ...] = (4, 16)
+    """Channels of the first conv layer (the small and medium presets' `--model.depth`)."""
 
 
 def median_rate(run: Callable[[], int], repeats: int) -> float:
@@ -114,7 +119,70 @@ def bench_replay(args: Args) -> str:
     return "### Replay: sampling from memory, one process\n\n" + table(header, rows)
 
 
-SECTIONS = {"envs": bench_envs, "replay": bench_replay}
+def bench_conv(args: Args) -> str:
+    """Encoder and decoder (embodied/nn/conv.py), forward and backward over `conv_frames` frames, as the model
+    writes them (each convolution one im2col matmul) against the same layers as XLA convolutions."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from embodied.nn import conv
+
+    mults = (1, 2, 4, 8)
+    model_forms = conv.Down.__call__, conv.Up.__call__
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def xla_down(self, x):  # the 4x4 stride-2 kernel that the 2x2 kernel over 2x2 blocks equals
+        k = self.kernel[...].reshape(2, 2, 2, 2, -1, self.kernel.shape[-1]).transpose(0, 2, 1, 3, 4, 5)
+        k = k.reshape(4, 4, -1, self.kernel.shape[-1])
+        return jax.lax.conv_general_dilated(x, k, (2, 2), ((1, 1), (1, 1)), dimension_numbers=dims) + self.bias[...]
+
+    def xla_up(self, x):
+        y = jax.lax.conv_general_dilated(x, self.kernel[...], (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims)
+        return conv.depth_to_space(y + self.bias[...])
+
+    def seconds(module, x, grad_input: bool) -> float:
+        graphdef, params = nnx.split(module)
+        loss = lambda p, x: jnp.mean(nnx.merge(graphdef, p)(x).astype(jnp.float32) ** 2)  # noqa: E731
+        step = jax.jit(jax.grad(loss, argnums=(0, 1) if grad_input else 0))
+        return median_time(lambda: jax.block_until_ready(step(params, x)), args.repeats)
+
+    rows = []
+    for depth in args.conv_depths:
+        rngs = nnx.Rngs(0)
+        encoder = conv.Encoder((64, 64), depth, mults, rngs=rngs)
+        decoder = conv.Decoder(1024, (64, 64), depth, mults, rngs=rngs)
+        image = jnp.zeros((args.conv_frames, 64, 64, 3), jnp.uint8)
+        features = jax.random.normal(jax.random.key(0), (args.conv_frames, 1024))
+        image = image.at[:, 10:20].set(200)
+        times, outputs = {}, {}
+        for form, down, up in (("matmul", *model_forms), ("xla", xla_down, xla_up)):
+            conv.Down.__call__, conv.Up.__call__ = down, up
+            try:
+                times[form] = seconds(encoder, image, False), seconds(decoder, features, True)
+                outputs[form] = encoder(image[:8]), decoder(features[:8])
+            finally:
+                conv.Down.__call__, conv.Up.__call__ = model_forms
+        for a, b in zip(outputs["matmul"], outputs["xla"]):  # the two forms compute the same layers
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
+        for i, part in enumerate(("encoder", "decoder")):
+            m, x = times["matmul"][i], times["xla"][i]
+            rows.append([depth, part, f"{args.conv_frames / m:,.0f}", f"{args.conv_frames / x:,.0f}", f"{x / m:.2f}x"])
+    return ("### Pixel encoder and decoder, forward + backward, frames/s\n\n" +
+            table(["depth", "part", "im2col matmuls (the model)", "XLA convolutions", "speed-up"], rows))
+
+
+def median_time(run: Callable[[], object], repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+SECTIONS = {"envs": bench_envs, "replay": bench_replay, "conv": bench_conv}
 
 
 def main(args: Args) -> None:
