@@ -141,11 +141,16 @@ def bench_conv(args: Args) -> str:
         y = jax.lax.conv_general_dilated(x, self.kernel[...], (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims)
         return conv.depth_to_space(y + self.bias[...])
 
-    def seconds(module, x, grad_input: bool) -> float:
+    def frames_per_second(module, x, grad_input: bool) -> float:
         graphdef, params = nnx.split(module)
         loss = lambda p, x: jnp.mean(nnx.merge(graphdef, p)(x).astype(jnp.float32) ** 2)  # noqa: E731
         step = jax.jit(jax.grad(loss, argnums=(0, 1) if grad_input else 0))
-        return median_time(lambda: jax.block_until_ready(step(params, x)), args.repeats)
+
+        def run() -> int:
+            jax.block_until_ready(step(params, x))
+            return len(x)
+
+        return median_rate(run, args.repeats)
 
     rows = []
     for depth in args.conv_depths:
@@ -155,31 +160,21 @@ def bench_conv(args: Args) -> str:
         image = jnp.zeros((args.conv_frames, 64, 64, 3), jnp.uint8)
         features = jax.random.normal(jax.random.key(0), (args.conv_frames, 1024))
         image = image.at[:, 10:20].set(200)
-        times, outputs = {}, {}
+        rates, outputs = {}, {}
         for form, down, up in (("matmul", *model_forms), ("xla", xla_down, xla_up)):
             conv.Down.__call__, conv.Up.__call__ = down, up
             try:
-                times[form] = seconds(encoder, image, False), seconds(decoder, features, True)
+                rates[form] = frames_per_second(encoder, image, False), frames_per_second(decoder, features, True)
                 outputs[form] = encoder(image[:8]), decoder(features[:8])
             finally:
                 conv.Down.__call__, conv.Up.__call__ = model_forms
         for a, b in zip(outputs["matmul"], outputs["xla"]):  # the two forms compute the same layers
             np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
         for i, part in enumerate(("encoder", "decoder")):
-            m, x = times["matmul"][i], times["xla"][i]
-            rows.append([depth, part, f"{args.conv_frames / m:,.0f}", f"{args.conv_frames / x:,.0f}", f"{x / m:.2f}x"])
+            m, x = rates["matmul"][i], rates["xla"][i]
+            rows.append([depth, part, f"{m:,.0f}", f"{x:,.0f}", f"{m / x:.2f}x"])
     return ("### Pixel encoder and decoder, forward + backward, frames/s\n\n" +
             table(["depth", "part", "im2col matmuls (the model)", "XLA convolutions", "speed-up"], rows))
-
-
-def median_time(run: Callable[[], object], repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 SECTIONS = {"envs": bench_envs, "replay": bench_replay, "conv": bench_conv}
