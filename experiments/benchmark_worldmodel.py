@@ -7,8 +7,9 @@ of each other (printed). Training rows time one jitted update of the backbone
 with an input projection and a regression loss over [B, T, D] (the part of the
 world model that differs between backbones; the conv encoder and decoder cost
 the same for all); the SSMs run once with each scan over time (`sequential`,
-the CPU default, and `parallel`, the associative scan). Imagination rows run the whole world model (prior, reward
-and continue heads, no decoding) in `lax.scan`, batch 1024, horizon 16.
+the CPU default, and `parallel`, the associative scan). Imagination rows run
+the whole world model (prior, reward and continue heads, no decoding) in
+`lax.scan`, batch 1024, horizon 16.
 Peak memory is XLA's compiled temporary buffer size. GFLOP/s is XLA's count of
 the update's floating-point operations over its median time; MFU divides it by
 a 2048x2048 float32 matmul timed in the same run (the machine's ceiling).
