@@ -20,7 +20,7 @@ def test_ssm_scan_matches_the_recurrence_by_hand():
     np.testing.assert_allclose(apply_ssm(Lambda_bar, Bu, reset, h0), expected, rtol=1e-6)
     np.testing.assert_allclose(ssm_step(Lambda_bar, Bu[1], reset[1], h1), h2, rtol=1e-6)
     # The sequential scan, on real and imaginary parts, for a batch of one.
-    parts = lambda x: (x.real, x.imag)  # noqa: E731
+    parts = lambda x: (x.real, x.imag)
     for a in (Lambda_bar, jnp.broadcast_to(Lambda_bar, Bu.shape)[None]):  # fixed, and varying over time
         h_re, h_im = apply_ssm_sequential(parts(a), parts(Bu[None]), reset[None], parts(h0[None]))
         np.testing.assert_allclose(h_re[0] + 1j * h_im[0], expected, rtol=1e-6)
@@ -31,8 +31,8 @@ def test_sequential_and_parallel_scans_agree_with_gradients(kind):
     B, T, D = 2, 20, 16
     reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 7].set(True)
     x = jax.random.normal(jax.random.key(2), (B, T, D))
-    outputs, grads = [], []
-    for scan in ("sequential", "parallel"):
+
+    def outputs_and_grads(scan):
         model = make_backbone(BackboneConfig(kind=kind, dim=D, layers=2, state=8, scan=scan), rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(model)
 
@@ -40,9 +40,10 @@ def test_sequential_and_parallel_scans_agree_with_gradients(kind):
             y, carry = nnx.merge(graphdef, params).sequence(x, model.init_carry(B), reset)
             return (y**2).mean() + sum(jnp.abs(h).mean() for h in carry), y
 
-        (_, y), g = jax.value_and_grad(loss, has_aux=True)(params)
-        outputs.append(y)
-        grads.append(g)
+        (_, y), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return y, grads
+
+    outputs, grads = zip(*map(outputs_and_grads, ("sequential", "parallel")), strict=True)
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1]), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
