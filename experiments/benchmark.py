@@ -143,7 +143,7 @@ def bench_conv(args: Args) -> str:
 
     def frames_per_second(module, x, grad_input: bool) -> float:
         graphdef, params = nnx.split(module)
-        loss = lambda p, x: jnp.mean(nnx.merge(graphdef, p)(x).astype(jnp.float32) ** 2)  # noqa: E731
+        loss = lambda p, x: jnp.mean(nnx.merge(graphdef, p)(x).astype(jnp.float32) ** 2)
         step = jax.jit(jax.grad(loss, argnums=(0, 1) if grad_input else 0))
 
         def run() -> int:
