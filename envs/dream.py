@@ -44,6 +44,9 @@ class Dream:
             raise ValueError(f"observation must be 'image' or 'latent'; got {observation!r}.")
         if observation == "image" and model.spec.image is None:
             raise ValueError("This world model has no image decoder (it was trained on proprio only); use observation='latent'.")
+        if model.spec.image is not None and model.config.decoder_skip:
+            raise ValueError("This world model was trained with decoder_skip: it draws frames as changes from a real frame, "
+                             "which the dream environments do not keep. Dream with a model trained without --model.decoder-skip.")
         self.model, self.kind = model, observation
         self.spec = model.spec
         graphdef, state = nnx.split(model)

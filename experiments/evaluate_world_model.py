@@ -71,7 +71,8 @@ def evaluate(args: Args) -> dict:
     def predict(inputs, key):
         start = model.start({k: v[:, :C] for k, v in inputs.items()}, key)
         # Actions a_{C-1} .. a_{C+K-2} lead to frames o_C .. o_{C+K-1}.
-        return imagine(model, None, start, K, key, actions=inputs["action"][:, C - 1 : C + K - 1], decode=True).frames
+        return imagine(model, None, start, K, key, actions=inputs["action"][:, C - 1 : C + K - 1], decode=True,
+                       context=inputs["image"][:, C - 1]).frames
 
     predicted = predict(inputs, jax.random.key(args.seed))
     truth = jnp.asarray(batch["image"][:, C:], jnp.float32) / 255.0

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,8 +53,9 @@ def test_matmul_convolutions_equal_xla_convolutions():
     np.testing.assert_array_equal(depth_to_space(space_to_depth(x)), x)
 
 
-def test_train_step_lowers_the_loss_and_skips_nan_batches():
-    model = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("decoder_skip", [False, True])
+def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder_skip):
+    model = WorldModel(dataclasses.replace(TINY, decoder_skip=decoder_skip), SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
     step = jax.jit(make_train_step(graphdef, optimizer))
@@ -144,3 +147,23 @@ def test_unknown_compute_dtype_is_rejected_with_the_choices():
 
     with pytest.raises(ValueError, match="float16.*allowed: float32, bfloat16"):
         precision.compute_dtype("float16")
+
+
+def test_decoder_skip_draws_from_the_first_frame_until_an_episode_starts():
+    model = WorldModel(dataclasses.replace(TINY, decoder_skip=True), SPEC, rngs=nnx.Rngs(0))
+    data = batch(T=6)
+    data["is_first"][:, 3] = True
+    other = {**data, "image": data["image"].copy()}
+    other["image"][:, 0] = 255 - other["image"][:, 0]
+    z = jax.nn.one_hot(jax.random.randint(jax.random.key(0), (2, 6, TINY.latent_vars), 0, TINY.latent_classes), TINY.latent_classes)
+    a, b = model.reconstruct(data, z)["image"], model.reconstruct(other, z)["image"]
+    assert np.abs(a[:, :3] - b[:, :3]).min() > 0  # drawn from the first frame ...
+    np.testing.assert_array_equal(a[:, 3:], b[:, 3:])  # ... but not across the episode start
+    with pytest.raises(ValueError, match="context="):
+        model.decode(z)
+    start = model.start({k: jnp.asarray(v[:, :3]) for k, v in data.items()}, jax.random.key(1))
+    traj = imagine(model, None, start, 4, jax.random.key(2), actions=jnp.zeros((2, 4, 2)), decode=True, context=jnp.asarray(data["image"][:, 2]))
+    assert traj.frames.shape == (2, 4, 16, 16, 3)
+    from envs.dream import Dream
+    with pytest.raises(ValueError, match="decoder_skip"):
+        Dream(model, "latent")

@@ -89,30 +89,54 @@ class Encoder(nnx.Module):
 
     def __call__(self, image: jax.Array) -> jax.Array:
         """Computes in the dtype of its parameters."""
+        x = self.pyramid(image)[-1]
+        return x.reshape(*x.shape[:-3], -1)
+
+    def pyramid(self, image: jax.Array) -> list[jax.Array]:
+        """The image in [-0.5, 0.5] and every layer's output, finest first: (..., H/2^i, W/2^i, C_i)."""
         lead = image.shape[:-3]
         dtype = self.convs[0].kernel.dtype
         x = image.reshape(-1, *image.shape[-3:]).astype(dtype) / 255.0 - 0.5
+        levels = [x]
         for conv, norm in zip(self.convs, self.norms):
             x = jax.nn.silu(norm(conv(x)))
-        return x.reshape(*lead, -1)
+            levels.append(x)
+        return [level.reshape(*lead, *level.shape[1:]) for level in levels]
 
 
 class Decoder(nnx.Module):
-    """features (..., F) -> image in [-0.5, 0.5] (..., H, W, 3), the mean of a unit Gaussian."""
+    """features (..., F) -> image in [-0.5, 0.5] (..., H, W, 3), the mean of a unit Gaussian.
 
-    def __init__(self, features: int, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, rngs: nnx.Rngs):
+    With `skip`, it also takes a real frame's `Encoder.pyramid` and draws the change from
+    that frame: each upsampling layer sees the frame's encoder features at its resolution
+    beside its own, and the output is added to the frame (SVG's skip connections from the
+    last context frame, Denton & Fergus 2018). Static content then costs the latent nothing.
+    """
+
+    def __init__(self, features: int, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, skip: bool = False, rngs: nnx.Rngs):
         scale = 2 ** len(mults)
         self.start = (size[0] // scale, size[1] // scale, depth * mults[-1])
         self.proj = nnx.Linear(features, self.start[0] * self.start[1] * self.start[2], rngs=rngs)
         channels = [depth * m for m in reversed(mults)] + [3]
-        self.convs = nnx.List([Up(c_in, c_out, rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
+        self.skip = skip
+        widen = 2 if skip else 1  # a skip doubles each layer's input: the encoder level has the same channels
+        self.convs = nnx.List([Up(widen * c_in, c_out, rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
         self.norms = nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels[1:-1]])
 
-    def __call__(self, features: jax.Array) -> jax.Array:
+    def __call__(self, features: jax.Array, pyramid: list[jax.Array] | None = None) -> jax.Array:
+        """`pyramid`: `Encoder.pyramid` of the frame to draw from, leading dims broadcastable to the features'."""
+        if self.skip != (pyramid is not None):
+            raise ValueError("This decoder was built with skip=True and needs the pyramid of a real frame." if self.skip
+                             else "This decoder was built without skip connections; it takes no pyramid.")
         lead = features.shape[:-1]
+        flat = lambda level: jnp.broadcast_to(level, (*lead, *level.shape[-3:])).reshape(-1, *level.shape[-3:]).astype(x.dtype)  # noqa: E731
         x = self.proj(features.reshape(-1, features.shape[-1])).reshape(-1, *self.start)
         for i, conv in enumerate(self.convs):
+            if pyramid is not None:
+                x = jnp.concatenate([x, flat(pyramid[-1 - i])], -1)
             x = conv(x)
             if i < len(self.norms):
                 x = jax.nn.silu(self.norms[i](x))
+        if pyramid is not None:
+            x = x + flat(pyramid[0])
         return x.reshape(*lead, *x.shape[1:])

@@ -31,8 +31,11 @@ class Trajectory(NamedTuple):
 
 
 def imagine(model: WorldModel, policy: Policy | None, start: ImagineState, horizon: int, key: jax.Array,
-            *, actions: jax.Array | None = None, decode: bool = False) -> Trajectory:
-    """Rolls `horizon` steps from `start`, choosing actions with `policy` or playing `actions` (B, H, A)."""
+            *, actions: jax.Array | None = None, decode: bool = False, context: jax.Array | None = None) -> Trajectory:
+    """Rolls `horizon` steps from `start`, choosing actions with `policy` or playing `actions` (B, H, A).
+
+    `decode` also draws the imagined frames; a model with `decoder_skip` draws them from `context`,
+    the last real frame (B, H, W, 3) uint8."""
     if (policy is None) == (actions is None):
         raise ValueError("imagine needs exactly one of policy or actions.")
 
@@ -52,5 +55,5 @@ def imagine(model: WorldModel, policy: Policy | None, start: ImagineState, horiz
     f = jnp.concatenate([f, model.features(final.y, final.z)[:, None]], 1)
     frames = None
     if decode and model.spec.image is not None:
-        frames = jnp.clip(model.decode(z)["image"] + 0.5, 0.0, 1.0)
+        frames = jnp.clip(model.decode(z, None if context is None else context[:, None])["image"] + 0.5, 0.0, 1.0)
     return Trajectory(z, a, r, c, f, frames)

@@ -47,6 +47,12 @@ class WorldModelConfig:
     rep_scale: float = 0.1
     """KL weight that trains the posterior towards the prior."""
     reward_bins: int = 255
+    decoder_skip: bool = False
+    """The decoder draws each frame as a change from a real one (a sequence's first frame in
+    training; the last context frame when predicting), through skip connections from that
+    frame's encoder features (`embodied.nn.conv.Decoder`). For video prediction: static content
+    costs the latent nothing. Only decoding changes: imagination, rewards and agents do not
+    decode, but decoding imagined frames then needs a real frame to start from."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +97,7 @@ class WorldModel(nnx.Module):
         enc_features = 0
         if spec.image is not None:
             self.encoder = Encoder(spec.image[:2], config.depth, config.mults, rngs=rngs)
-            self.decoder = Decoder(self.latent, spec.image[:2], config.depth, config.mults, rngs=rngs)
+            self.decoder = Decoder(self.latent, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip, rngs=rngs)
             enc_features += self.encoder.out_features
         if spec.proprio is not None:
             self.proprio_in = nnx.Linear(spec.proprio, Hd, rngs=rngs)
@@ -143,14 +149,28 @@ class WorldModel(nnx.Module):
         feat = self.features(y, z_next)
         return self.reward(feat).astype(jnp.float32), self.cont(feat)[..., 0].astype(jnp.float32)
 
-    def decode(self, z: jax.Array) -> dict[str, jax.Array]:
+    def decode(self, z: jax.Array, context: jax.Array | None = None, keep: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Reconstructions of latents z (..., V, K). `context`: with `decoder_skip`, the real uint8
+        frame (..., H, W, 3) each image is drawn from, leading dims broadcastable to z's; `keep`
+        (z's leading dims) 0 where that frame is from another episode: the image is then drawn from z alone."""
         flat = z.reshape(*z.shape[:-2], -1).astype(self.dtype)
         out = {}
         if self.spec.image is not None:
-            out["image"] = self.decoder(flat)
+            out["image"] = self.decoder(flat, self._context_pyramid(context, keep))
         if self.spec.proprio is not None:
             out["proprio"] = self.proprio_out(flat)
         return out
+
+    def _context_pyramid(self, context: jax.Array | None, keep: jax.Array | None) -> list[jax.Array] | None:
+        if not self.config.decoder_skip:
+            return None
+        if context is None:
+            raise ValueError("This world model was trained with decoder_skip: decoding draws each frame as a change from a "
+                             "real one, so pass context= (uint8 (..., H, W, 3), e.g. the last observed frame).")
+        pyramid = self.encoder.pyramid(context)
+        if keep is not None:
+            pyramid = [level * keep[..., None, None, None].astype(level.dtype) for level in pyramid]
+        return pyramid
 
     def features(self, y: jax.Array, z: jax.Array) -> jax.Array:
         """What a policy sees: [y_{t-1}, z_t] (..., D + V*K)."""
@@ -176,8 +196,7 @@ class WorldModel(nnx.Module):
         c = self.config
         post, z, y = observation.post, observation.z, observation.y
         metrics = {}
-        # Reconstruction, every step, from z_t alone.
-        recon = self.decode(z)
+        recon = self.reconstruct(batch, z)
         loss = 0.0
         if "image" in recon:
             target = batch["image"].astype(jnp.float32) / 255.0 - 0.5
@@ -205,6 +224,15 @@ class WorldModel(nnx.Module):
         metrics.update(kl=masked(dyn), reward_loss=reward_loss, cont_loss=cont_loss, loss=loss,
                        post_entropy=-(jax.nn.softmax(post) * jax.nn.log_softmax(post)).sum((-2, -1)).mean())
         return loss, metrics
+
+    def reconstruct(self, batch: dict, z: jax.Array) -> dict[str, jax.Array]:
+        """What training reconstructs every step of a batch [B, T] from: z_t alone; with `decoder_skip`,
+        also the sequence's first frame, up to the first episode start inside the sequence."""
+        if not self.config.decoder_skip or self.spec.image is None:
+            return self.decode(z)
+        same_episode = jnp.cumsum(batch["is_first"][:, 1:], 1) == 0
+        keep = jnp.concatenate([jnp.ones_like(same_episode[:, :1]), same_episode], 1)
+        return self.decode(z, batch["image"][:, :1], keep)
 
     def imagine_step(self, state: ImagineState, action: jax.Array, key: jax.Array):
         """One recurrent step under `action` (B, A): (next state, reward (B,), continue probability (B,)).
