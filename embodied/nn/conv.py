@@ -107,17 +107,22 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
     """features (..., F) -> image in [-0.5, 0.5] (..., H, W, 3), the mean of a unit Gaussian.
 
-    With `skip`, it also takes a real frame's `Encoder.pyramid` and draws the change from
-    that frame: each upsampling layer sees the frame's encoder features at its resolution
-    beside its own, and the output is added to the frame (SVG's skip connections from the
-    last context frame, Denton & Fergus 2018). Static content then costs the latent nothing.
+    With `skip`, it also takes a real frame's `Encoder.pyramid` and draws from that frame:
+    each upsampling layer sees the frame's encoder features at its resolution beside its own
+    (SVG's skip connections from the last context frame, Denton & Fergus 2018), and the last
+    layer adds a mask that composites the frame with the drawn image, m * frame + (1 - m) * drawn
+    (as CDNA and SV2P do, Finn et al. 2016, Babaeizadeh et al. 2018). The mask starts near 1,
+    so an untrained decoder copies the frame; static content then costs the latent nothing.
     """
+
+    COPY_LOGIT = 3.0
+    """The mask's starting logit (m = 0.95)."""
 
     def __init__(self, features: int, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, skip: bool = False, rngs: nnx.Rngs):
         scale = 2 ** len(mults)
         self.start = (size[0] // scale, size[1] // scale, depth * mults[-1])
         self.proj = nnx.Linear(features, self.start[0] * self.start[1] * self.start[2], rngs=rngs)
-        channels = [depth * m for m in reversed(mults)] + [3]
+        channels = [depth * m for m in reversed(mults)] + [4 if skip else 3]
         self.skip = skip
         widen = 2 if skip else 1  # a skip doubles each layer's input: the encoder level has the same channels
         self.convs = nnx.List([Up(widen * c_in, c_out, rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
@@ -138,5 +143,6 @@ class Decoder(nnx.Module):
             if i < len(self.norms):
                 x = jax.nn.silu(self.norms[i](x))
         if pyramid is not None:
-            x = x + flat(pyramid[0])
+            copy = jax.nn.sigmoid(x[..., 3:] + self.COPY_LOGIT)
+            x = copy * flat(pyramid[0]) + (1 - copy) * x[..., :3]
         return x.reshape(*lead, *x.shape[1:])
