@@ -6,7 +6,7 @@ from jax.scipy.stats import norm
 
 from agents.dreamer import Dreamer, DreamerConfig
 from agents.dreamer.networks import Actor
-from agents.dreamer.returns import lambda_returns, return_scale, update_return_range
+from agents.dreamer.returns import lambda_returns, replay_returns, return_scale, update_return_range
 from agents.mpc import MPCConfig, plan
 from embodied.worldmodel import BackboneConfig, ImagineState, Spec, WorldModelConfig
 
@@ -19,6 +19,26 @@ def test_lambda_returns_by_hand():
     r1 = 2.0 + 0.9 * 20.0  # the last step bootstraps from v_2
     r0 = 1.0 + 0.5 * ((1 - lam) * 10.0 + lam * r1)
     np.testing.assert_allclose(lambda_returns(rewards, values, discounts, lam), [[r0, r1]], rtol=1e-6)
+
+
+def test_replay_returns_by_hand_cut_at_episode_ends_and_terminals():
+    # Row 0: one episode; row 1: a new episode starts at step 2; row 2: step 3 is terminal.
+    batch = {
+        "reward": jnp.array([[0.0, 1.0, 2.0, 3.0]] * 3),
+        "is_first": jnp.array([[1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 0, 0]], bool),
+        "is_terminal": jnp.array([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]], bool),
+    }
+    boot = jnp.array([[10.0, 20.0, 30.0, 40.0]] * 3)
+    g, lam = 0.5, 0.8
+    returns, weight = replay_returns(batch, boot, g, lam)
+    r2 = 3.0 + g * 40.0
+    r1 = 2.0 + g * ((1 - lam) * 30.0 + lam * r2)
+    r0 = 1.0 + g * ((1 - lam) * 20.0 + lam * r1)
+    np.testing.assert_allclose(returns[0], [r0, r1, r2], rtol=1e-6)
+    np.testing.assert_allclose(returns[1, 0], 1.0 + g * 20.0, rtol=1e-6)  # step 1 ends its episode: bootstrap only
+    np.testing.assert_allclose(weight[1], [1.0, 0.0, 1.0])  # no real transition from step 1 to step 2
+    np.testing.assert_allclose(returns[2, 2], 3.0, rtol=1e-6)  # a terminal step has no future
+    np.testing.assert_allclose(weight[0], [1.0, 1.0, 1.0])
 
 
 def test_return_scale_is_an_ema_of_the_percentile_range_and_at_least_one():
@@ -72,11 +92,11 @@ def test_discrete_actor_is_a_mixed_categorical_over_one_hot_actions():
     np.testing.assert_allclose(entropy, -(probs * jnp.log(probs)).sum(-1), rtol=1e-5)
 
 
-def tiny_agent(discrete=False, kind="ssm", action=2, compute_dtype="float32"):
+def tiny_agent(discrete=False, kind="ssm", action=2, compute_dtype="float32", **config):
     spec = Spec(image=None, proprio=5, action=action)
     model = WorldModelConfig(backbone=BackboneConfig(kind=kind, dim=16, state=8, layers=1, heads=2, context=4),
                              hidden=16, latent_vars=4, latent_classes=4)
-    return Dreamer(spec, model, DreamerConfig(units=16, layers=1, horizon=4), discrete=discrete, compute_dtype=compute_dtype)
+    return Dreamer(spec, model, DreamerConfig(units=16, layers=1, horizon=4, **config), discrete=discrete, compute_dtype=compute_dtype)
 
 
 def tiny_batch(B=3, T=6, action=2, key=0):
@@ -100,6 +120,14 @@ def test_train_step_updates_every_network_and_reports_finite_metrics(kind):
         assert any(not np.allclose(a, b) for a, b in zip(before, after)), f"{name} did not change"
     assert all(np.isfinite(v) for v in jax.device_get(metrics).values()), metrics
     assert int(new.step) == 1 and float(metrics["skipped"]) == 0
+
+
+def test_the_replay_value_loss_changes_only_the_critic_update():
+    runs = {w: jax.jit(tiny_agent(replay_value=w).train)(tiny_agent().init(0), tiny_batch(), jax.random.key(0)) for w in (0.0, 0.3)}
+    (off, off_metrics), (on, on_metrics) = runs[0.0], runs[0.3]
+    jax.tree.map(np.testing.assert_array_equal, off.actor.params, on.actor.params)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(off.critic.params), jax.tree.leaves(on.critic.params)))
+    assert np.isfinite(float(on_metrics["replay_return"])) and float(on_metrics["critic_loss"]) > float(off_metrics["critic_loss"])
 
 
 def test_bfloat16_train_keeps_float32_state_and_finite_metrics():

@@ -159,13 +159,22 @@ class Dreamer:
         actor_part = self._apply("actor", state.actor, grads)
         features = traj.features
 
-        # Critic.
-        slow_values = self._compute("critic", state.critic, state.slow_critic).value(features[:, :-1])
+        # Critic: on imagined trajectories, and (replay_value > 0) on the replayed real sequences,
+        # whose features are the imagination starts' and whose bootstrap is the imagined return.
+        slow_critic = self._compute("critic", state.critic, state.slow_critic)
+        slow_values = slow_critic.value(features[:, :-1])
+        B, T = batch["is_first"].shape
+        replay_features = features[:, 0].reshape(B, T, -1)[:, :-1]
+        replay_targets, replay_weight = ret.replay_returns(batch, returns[:, 0].reshape(B, T), c.discount, c.lam)
+        replay_slow = slow_critic.value(replay_features)
 
         def critic_loss(params):
             net = self._compute("critic", state.critic, params)
-            loss = net.loss(features[:, :-1], returns) + c.slow_critic_reg * net.loss(features[:, :-1], slow_values)
-            return (weight * loss).mean()
+            regressed = lambda f, target, slow: net.loss(f, target) + c.slow_critic_reg * net.loss(f, slow)  # noqa: E731
+            loss = (weight * regressed(features[:, :-1], returns, slow_values)).mean()
+            if c.replay_value > 0:
+                loss += c.replay_value * (replay_weight * regressed(replay_features, replay_targets, replay_slow)).mean()
+            return loss
 
         c_loss, grads = jax.value_and_grad(critic_loss)(state.critic.params)
         critic_part = self._apply("critic", state.critic, grads)
@@ -174,6 +183,7 @@ class Dreamer:
         metrics.update(
             actor_loss=a_loss, critic_loss=c_loss, actor_entropy=entropy, imagined_reward=traj.rewards.mean(),
             imagined_return=returns.mean(), value=values.mean(), return_scale=ret.return_scale(return_range),
+            replay_return=(replay_weight * replay_targets).sum() / jnp.maximum(replay_weight.sum(), 1.0),
         )
         new = DreamerState(world_model, actor_part, critic_part, slow, return_range, state.step + 1)
         metrics["skipped"] = self.skipped(new)

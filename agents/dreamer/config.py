@@ -32,6 +32,10 @@ class DreamerConfig:
     slow_critic_decay: float = 0.98
     """EMA decay of the slow critic: the critic is pulled towards its predictions."""
     slow_critic_reg: float = 1.0
+    replay_value: float = 0.0
+    """Weight of a second critic loss on the replayed real sequences (DreamerV3's replay value loss,
+    0.3 there): TD(lambda) returns of the real rewards over the replayed steps, bootstrapped at every
+    step by the imagined return from it. 0 turns it off."""
     min_std: float = 0.1
     max_std: float = 1.0
     actor_optim: OptimConfig = OptimConfig(lr=3e-4, eps=1e-5, clip=100.0)
@@ -45,6 +49,7 @@ class DreamerConfig:
             "units": (self.units >= 1, ">= 1"),
             "layers": (self.layers >= 0, ">= 0"),
             "entropy": (self.entropy >= 0.0, ">= 0"),
+            "replay_value": (self.replay_value >= 0.0, ">= 0"),
             "return_decay": (0.0 <= self.return_decay < 1.0, "in [0, 1)"),
             "slow_critic_decay": (0.0 <= self.slow_critic_decay < 1.0, "in [0, 1)"),
             "min_std": (0.0 < self.min_std <= self.max_std, f"in (0, max_std={self.max_std}]"),

@@ -6,21 +6,39 @@ import jax
 import jax.numpy as jnp
 
 
-def lambda_returns(rewards: jax.Array, values: jax.Array, discounts: jax.Array, lam: float) -> jax.Array:
+def lambda_returns(rewards: jax.Array, values: jax.Array, discounts: jax.Array, lam: float | jax.Array) -> jax.Array:
     """TD(lambda) returns, computed backwards. Shapes (N, H) for rewards r_{t+1} and discounts
     gamma * continue_{t+1}; values (N, H+1) for v(s_0) .. v(s_H). Returns R_0 .. R_{H-1} (N, H):
 
-        R_H = v_H,   R_t = r_{t+1} + d_{t+1} ((1 - lam) v_{t+1} + lam R_{t+1}).
+        R_H = v_H,   R_t = r_{t+1} + d_{t+1} ((1 - lam_t) v_{t+1} + lam_t R_{t+1}).
+
+    `lam` is a number or (N, H): 0 at a step cuts the return there to its bootstrap value.
     """
 
     def body(next_return, inputs):
-        reward, discount, next_value = inputs
+        reward, discount, next_value, lam = inputs
         ret = reward + discount * ((1.0 - lam) * next_value + lam * next_return)
         return ret, ret
 
-    xs = (rewards.T, discounts.T, values[:, 1:].T)
+    xs = (rewards.T, discounts.T, values[:, 1:].T, jnp.broadcast_to(lam, rewards.shape).T)
     _, returns = jax.lax.scan(body, values[:, -1], xs, reverse=True)
     return returns.T
+
+
+def replay_returns(batch: dict, boot: jax.Array, discount: float, lam: float) -> tuple[jax.Array, jax.Array]:
+    """TD(lambda) returns along replayed real sequences [B, T], for the critic (DreamerV3's replay value loss).
+
+    The real rewards r_{t+1} and terminals drive the return; `boot` (B, T), a value of each replayed
+    state (the imagined return from it), bootstraps it, at the sequence's end and wherever an episode
+    ends. Returns R_0 .. R_{T-2} (B, T-1) and their weights: 0 for a step whose successor starts a new
+    episode (no real transition follows it).
+    """
+    first = batch["is_first"].astype(jnp.float32)
+    discounts = discount * (1.0 - batch["is_terminal"][:, 1:].astype(jnp.float32))
+    # Step t+1 is an episode's last when step t+2 starts the next one: cut the return there.
+    ends = jnp.concatenate([first[:, 2:], jnp.zeros_like(first[:, :1])], 1)
+    returns = lambda_returns(batch["reward"][:, 1:].astype(jnp.float32), boot, discounts, lam * (1.0 - ends))
+    return returns, 1.0 - first[:, 1:]
 
 
 def update_return_range(range_ema: jax.Array, returns: jax.Array, decay: float,
