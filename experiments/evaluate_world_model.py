@@ -42,6 +42,9 @@ class Args:
     horizon: int = 15
     sequences: int = 64
     seed: int = 0
+    samples: int = 1
+    """Imagined futures per sequence; the prediction is their mean frame (the point prediction with
+    the least expected squared error under the model). 1: a single sample, as an agent imagines."""
     gif: int = 4
     """Sequences shown in the GIF."""
 
@@ -73,24 +76,30 @@ def evaluate(args: Args) -> dict:
     batch = sample_within_episodes(replay, args.sequences, C + K, rng)
     inputs = {k: jnp.asarray(v) for k, v in batch.items() if k in ("image", "proprio", "action", "is_first", "reward", "is_terminal")}
 
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1; got {args.samples}.")
+
     @jax.jit
     def predict(inputs, key):
-        start = model.start({k: v[:, :C] for k, v in inputs.items()}, key)
+        start_key, key = jax.random.split(key)
+        start = model.start({k: v[:, :C] for k, v in inputs.items()}, start_key)
         # Actions a_{C-1} .. a_{C+K-2} lead to frames o_C .. o_{C+K-1}.
-        return imagine(model, None, start, K, key, actions=inputs["action"][:, C - 1 : C + K - 1], decode=True,
-                       context=inputs["image"][:, C - 1]).frames
+        future = lambda k: imagine(model, None, start, K, k, actions=inputs["action"][:, C - 1 : C + K - 1],  # noqa: E731
+                                   decode=True, context=inputs["image"][:, C - 1]).frames
+        return jax.lax.map(future, jax.random.split(key, args.samples)).mean(0)
 
     predicted = jnp.round(predict(inputs, jax.random.key(args.seed)) * 255) / 255
     truth = jnp.asarray(batch["image"][:, C:], jnp.float32) / 255.0
     last = jnp.broadcast_to(jnp.asarray(batch["image"][:, C - 1 : C], jnp.float32) / 255.0, truth.shape)
     mean = jnp.broadcast_to(jnp.asarray(batch["image"], jnp.float32).mean((0, 1)) / 255.0, truth.shape)
-    results = {"update": step, "context": C, "horizon": K, "sequences": args.sequences}
+    results = {"update": step, "context": C, "horizon": K, "sequences": args.sequences, "samples": args.samples}
     for name, guess in (("model", predicted), ("copy_last", last), ("mean_frame", mean)):
         mse = ((guess - truth) ** 2).mean((0, 2, 3, 4))
         results[name] = {"psnr": np.asarray(psnr(guess, truth).mean(0)).round(3).tolist(),
                          "psnr_of_mean_mse": np.asarray(-10.0 * jnp.log10(mse)).round(3).tolist(),
                          "ssim": np.asarray(ssim(guess, truth).mean(0)).round(4).tolist()}
-    print(f"Open-loop prediction, {args.checkpoint} at update {step}: {C} context frames, {K} predicted, {args.sequences} sequences")
+    print(f"Open-loop prediction, {args.checkpoint} at update {step}: {C} context frames, {K} predicted, {args.sequences} sequences, "
+          f"mean of {args.samples} sample(s)")
     names, metrics = ("model", "copy_last", "mean_frame"), ("psnr", "psnr_of_mean_mse", "ssim")
     print("| step | PSNR model / copy-last / mean | PSNR of mean MSE, same | SSIM, same |")
     print("|---|---|---|---|")

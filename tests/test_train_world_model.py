@@ -38,8 +38,9 @@ def test_train_logs_falling_losses_checkpoints_and_resumes(data, tmp_path):
     model, step = load(run)
     assert step == 40
 
-    results = evaluate(EvalArgs(checkpoint=run, data=data, context=3, horizon=4, sequences=4, gif=2))
+    results = evaluate(EvalArgs(checkpoint=run, data=data, context=3, horizon=4, sequences=4, samples=2, gif=2))
     assert len(results["model"]["psnr"]) == 4 and all(np.isfinite(results["copy_last"]["psnr"]))
+    assert all(np.isfinite(results["model"]["psnr_of_mean_mse"])) and results["samples"] == 2
     assert (run / "prediction.gif").is_file()
 
 
