@@ -48,11 +48,12 @@ class WorldModelConfig:
     """KL weight that trains the posterior towards the prior."""
     reward_bins: int = 255
     decoder_skip: bool = False
-    """The decoder draws each frame as a change from a real one (a sequence's first frame in
-    training; the last context frame when predicting), through skip connections from that
-    frame's encoder features (`embodied.nn.conv.Decoder`). For video prediction: static content
-    costs the latent nothing. Only decoding changes: imagination, rewards and agents do not
-    decode, but decoding imagined frames then needs a real frame to start from."""
+    """The decoder draws each frame from a real one as well as from z (a sequence's first frame in
+    training; the last context frame when predicting): skip connections from that frame's encoder
+    features and a mask that copies its pixels where nothing changed (`embodied.nn.conv.Decoder`).
+    For video prediction: static content costs the latent nothing. Only decoding changes:
+    imagination, rewards and agents do not decode, but decoding imagined frames then needs a real
+    frame to start from, and the dream environments refuse such a model."""
 
 
 @dataclasses.dataclass(frozen=True)
