@@ -153,7 +153,8 @@ class WorldModel(nnx.Module):
     def decode(self, z: jax.Array, context: jax.Array | None = None, keep: jax.Array | None = None) -> dict[str, jax.Array]:
         """Reconstructions of latents z (..., V, K). `context`: with `decoder_skip`, the real uint8
         frame (..., H, W, 3) each image is drawn from, leading dims broadcastable to z's; `keep`
-        (z's leading dims) 0 where that frame is from another episode: the image is then drawn from z alone."""
+        (z's leading dims) 0 where that frame is from another episode: the decoder's skip input is
+        then all zeros (the frame too), and training teaches it to draw such frames from z."""
         flat = z.reshape(*z.shape[:-2], -1).astype(self.dtype)
         out = {}
         if self.spec.image is not None:
@@ -166,8 +167,8 @@ class WorldModel(nnx.Module):
         if not self.config.decoder_skip:
             return None
         if context is None:
-            raise ValueError("This world model was trained with decoder_skip: decoding draws each frame as a change from a "
-                             "real one, so pass context= (uint8 (..., H, W, 3), e.g. the last observed frame).")
+            raise ValueError("This world model was trained with decoder_skip: decoding draws each frame from a real one "
+                             "as well as from z, so pass context= (uint8 (..., H, W, 3), e.g. the last observed frame).")
         pyramid = self.encoder.pyramid(context)
         if keep is not None:
             pyramid = [level * keep[..., None, None, None].astype(level.dtype) for level in pyramid]
