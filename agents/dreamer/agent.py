@@ -163,10 +163,12 @@ class Dreamer:
         # whose features are the imagination starts' and whose bootstrap is the imagined return.
         slow_critic = self._compute("critic", state.critic, state.slow_critic)
         slow_values = slow_critic.value(features[:, :-1])
-        B, T = batch["is_first"].shape
-        replay_features = features[:, 0].reshape(B, T, -1)[:, :-1]
-        replay_targets, replay_weight = ret.replay_returns(batch, returns[:, 0].reshape(B, T), c.discount, c.lam)
-        replay_slow = slow_critic.value(replay_features)
+        if c.replay_value > 0:
+            B, T = batch["is_first"].shape
+            replay_features = features[:, 0].reshape(B, T, -1)[:, :-1]
+            replay_targets, replay_weight = ret.replay_returns(batch, returns[:, 0].reshape(B, T), c.discount, c.lam)
+            replay_slow = slow_critic.value(replay_features)
+            metrics["replay_return"] = (replay_weight * replay_targets).sum() / jnp.maximum(replay_weight.sum(), 1.0)
 
         def critic_loss(params):
             net = self._compute("critic", state.critic, params)
@@ -183,7 +185,6 @@ class Dreamer:
         metrics.update(
             actor_loss=a_loss, critic_loss=c_loss, actor_entropy=entropy, imagined_reward=traj.rewards.mean(),
             imagined_return=returns.mean(), value=values.mean(), return_scale=ret.return_scale(return_range),
-            replay_return=(replay_weight * replay_targets).sum() / jnp.maximum(replay_weight.sum(), 1.0),
         )
         new = DreamerState(world_model, actor_part, critic_part, slow, return_range, state.step + 1)
         metrics["skipped"] = self.skipped(new)

@@ -135,8 +135,8 @@ class Decoder(nnx.Module):
             raise ValueError("This decoder was built with skip=True and needs the pyramid of a real frame." if self.skip
                              else "This decoder was built without skip connections; it takes no pyramid.")
         lead = features.shape[:-1]
-        flat = lambda level: jnp.broadcast_to(level, (*lead, *level.shape[-3:])).reshape(-1, *level.shape[-3:]).astype(x.dtype)  # noqa: E731
         x = self.proj(features.reshape(-1, features.shape[-1])).reshape(-1, *self.start)
+        flat = lambda level: jnp.broadcast_to(level, (*lead, *level.shape[-3:])).reshape(-1, *level.shape[-3:]).astype(x.dtype)  # noqa: E731
         for i, conv in enumerate(self.convs):
             if pyramid is not None:
                 x = jnp.concatenate([x, flat(pyramid[-1 - i])], -1)
