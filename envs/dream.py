@@ -45,8 +45,8 @@ class Dream:
         if observation == "image" and model.spec.image is None:
             raise ValueError("This world model has no image decoder (it was trained on proprio only); use observation='latent'.")
         if model.spec.image is not None and model.config.decoder_skip:
-            raise ValueError("This world model was trained with decoder_skip: it draws frames as changes from a real frame, "
-                             "which the dream environments do not keep. Dream with a model trained without --model.decoder-skip.")
+            raise ValueError("This world model was trained with decoder_skip: it draws frames from a real frame as well as "
+                             "from the latent, and the dream environments do not keep one. Dream with a model trained without --model.decoder-skip.")
         self.model, self.kind = model, observation
         self.spec = model.spec
         graphdef, state = nnx.split(model)

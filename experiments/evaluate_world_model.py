@@ -67,6 +67,8 @@ def sample_within_episodes(replay: Replay, count: int, length: int, rng: np.rand
 
 
 def evaluate(args: Args) -> dict:
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1; got {args.samples}.")
     model, step = load(args.checkpoint)
     if model.spec.image is None:
         raise ValueError(f"{args.checkpoint} is a proprio-only model; video prediction needs images.")
@@ -75,9 +77,6 @@ def evaluate(args: Args) -> dict:
     C, K = args.context, args.horizon
     batch = sample_within_episodes(replay, args.sequences, C + K, rng)
     inputs = {k: jnp.asarray(v) for k, v in batch.items() if k in ("image", "proprio", "action", "is_first", "reward", "is_terminal")}
-
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1; got {args.samples}.")
 
     @jax.jit
     def predict(inputs, key):
@@ -94,9 +93,9 @@ def evaluate(args: Args) -> dict:
     mean = jnp.broadcast_to(jnp.asarray(batch["image"], jnp.float32).mean((0, 1)) / 255.0, truth.shape)
     results = {"update": step, "context": C, "horizon": K, "sequences": args.sequences, "samples": args.samples}
     for name, guess in (("model", predicted), ("copy_last", last), ("mean_frame", mean)):
-        mse = ((guess - truth) ** 2).mean((0, 2, 3, 4))
+        over_sequences = lambda x: jnp.swapaxes(x, 0, 1).reshape(K, -1, *x.shape[-2:])  # noqa: E731  (K, N*H, W, 3)
         results[name] = {"psnr": np.asarray(psnr(guess, truth).mean(0)).round(3).tolist(),
-                         "psnr_of_mean_mse": np.asarray(-10.0 * jnp.log10(mse)).round(3).tolist(),
+                         "psnr_of_mean_mse": np.asarray(psnr(over_sequences(guess), over_sequences(truth))).round(3).tolist(),
                          "ssim": np.asarray(ssim(guess, truth).mean(0)).round(4).tolist()}
     print(f"Open-loop prediction, {args.checkpoint} at update {step}: {C} context frames, {K} predicted, {args.sequences} sequences, "
           f"mean of {args.samples} sample(s)")
