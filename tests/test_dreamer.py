@@ -96,7 +96,8 @@ def tiny_agent(discrete=False, kind="ssm", action=2, compute_dtype="float32", **
     spec = Spec(image=None, proprio=5, action=action)
     model = WorldModelConfig(backbone=BackboneConfig(kind=kind, dim=16, state=8, layers=1, heads=2, context=4),
                              hidden=16, latent_vars=4, latent_classes=4)
-    return Dreamer(spec, model, DreamerConfig(units=16, layers=1, horizon=4, **config), discrete=discrete, compute_dtype=compute_dtype)
+    return Dreamer(spec, model, DreamerConfig(**{"units": 16, "layers": 1, "horizon": 4, **config}), discrete=discrete,
+                   compute_dtype=compute_dtype)
 
 
 def tiny_batch(B=3, T=6, action=2, key=0):
@@ -128,6 +129,15 @@ def test_the_replay_value_loss_changes_only_the_critic_update():
     jax.tree.map(np.testing.assert_array_equal, off.actor.params, on.actor.params)
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(off.critic.params), jax.tree.leaves(on.critic.params)))
     assert np.isfinite(float(on_metrics["replay_return"])) and float(on_metrics["critic_loss"]) > float(off_metrics["critic_loss"])
+
+
+def test_imagining_from_a_subset_of_starts_changes_only_the_actor_critic_update():
+    full, _ = jax.jit(tiny_agent().train)(tiny_agent().init(0), tiny_batch(), jax.random.key(0))
+    part, metrics = jax.jit(tiny_agent(starts=1 / 3, horizon=12).train)(tiny_agent().init(0), tiny_batch(), jax.random.key(0))
+    jax.tree.map(np.testing.assert_array_equal, full.world_model.params, part.world_model.params)
+    for name in ("actor", "critic"):
+        assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(getattr(full, name).params), jax.tree.leaves(getattr(part, name).params)))
+    assert all(np.isfinite(v) for v in jax.device_get(metrics).values()), metrics
 
 
 def test_bfloat16_train_keeps_float32_state_and_finite_metrics():
@@ -261,5 +271,9 @@ def test_mpc_finds_the_best_action_of_a_known_reward():
 def test_config_rejects_values_that_cannot_work():
     with pytest.raises(ValueError, match="agent.lam"):
         DreamerConfig(lam=1.5)
+    with pytest.raises(ValueError, match="agent.starts=0.0 cannot work: it must be in \\(0, 1\\]"):
+        DreamerConfig(starts=0.0)
+    with pytest.raises(ValueError, match="agent.replay_value=0.3 .* 0 unless starts is 1"):
+        DreamerConfig(starts=0.5, replay_value=0.3)
     with pytest.raises(ValueError, match="mpc.elites"):
         MPCConfig(samples=8, elites=16)

@@ -5,7 +5,8 @@ any of `embodied.worldmodel.BACKBONES` (an S5-style SSM by default, as in S5WM
 and R2I). One `train` call:
 
 1. World model: its loss on a replayed batch [B, T]; the same pass gives an
-   imagination start at every replayed step (B*T starts, gradients stopped).
+   imagination start at every replayed step (B*T starts, gradients stopped; `starts` < 1
+   imagines from a random subset of them).
 2. Imagination: the actor rolls the world model H steps from every start in
    recurrent mode (`lax.scan`).
 3. Actor: maximises imagined returns scaled by the 5-95th return percentile range,
@@ -127,6 +128,10 @@ class Dreamer:
         flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
         starts = jax.tree.map(flat, starts)
         first_cont = 1.0 - flat(batch["is_terminal"]).astype(jnp.float32)
+        if c.starts < 1.0:
+            count = first_cont.shape[0]
+            chosen = jax.random.choice(jax.random.fold_in(key, 1), count, (max(1, round(c.starts * count)),), replace=False)
+            starts, first_cont = jax.tree.map(lambda x: x[chosen], (starts, first_cont))
         model = self._compute("world_model", state.world_model)
         critic = self._compute("critic", state.critic)
         backprop = c.actor_grad == "backprop"

@@ -12,7 +12,11 @@ from embodied.worldmodel import OptimConfig
 @dataclasses.dataclass(frozen=True)
 class DreamerConfig:
     horizon: int = 15
-    """Imagined steps H from each replayed state."""
+    """Imagined steps H from each imagination start."""
+    starts: float = 1.0
+    """Fraction of the replayed steps [B, T] that imagination starts from, drawn at random each
+    update. 1 starts from every step, as DreamerV3 does; a smaller fraction with a longer
+    `horizon` imagines as many steps further ahead for the same cost."""
     discount: float = 0.997
     """gamma, per policy step (an effective horizon of about 333 steps)."""
     lam: float = 0.95
@@ -44,12 +48,14 @@ class DreamerConfig:
     def __post_init__(self):
         require(self, {
             "horizon": (self.horizon >= 1, ">= 1"),
+            "starts": (0.0 < self.starts <= 1.0, "in (0, 1]"),
             "discount": (0.0 < self.discount <= 1.0, "in (0, 1]"),
             "lam": (0.0 <= self.lam <= 1.0, "in [0, 1]"),
             "units": (self.units >= 1, ">= 1"),
             "layers": (self.layers >= 0, ">= 0"),
             "entropy": (self.entropy >= 0.0, ">= 0"),
-            "replay_value": (self.replay_value >= 0.0, ">= 0"),
+            "replay_value": (self.replay_value >= 0.0 and (self.replay_value == 0.0 or self.starts == 1.0),
+                             ">= 0, and 0 unless starts is 1 (it bootstraps every replayed step)"),
             "return_decay": (0.0 <= self.return_decay < 1.0, "in [0, 1)"),
             "slow_critic_decay": (0.0 <= self.slow_critic_decay < 1.0, "in [0, 1)"),
             "min_std": (0.0 < self.min_std <= self.max_std, f"in (0, max_std={self.max_std}]"),
