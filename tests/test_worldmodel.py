@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from embodied.nn import distributions as dist
-from embodied.nn.conv import depth_to_space, shifted_conv, space_to_depth, Down
+from embodied.nn.conv import Decoder, Down, Encoder, depth_to_space, shifted_conv, space_to_depth, warp
 from embodied.nn.ssm import SSMEigen
 from embodied.worldmodel.backbones import BackboneConfig
 from embodied.worldmodel.imagine import imagine
@@ -53,9 +53,48 @@ def test_matmul_convolutions_equal_xla_convolutions():
     np.testing.assert_array_equal(depth_to_space(space_to_depth(x)), x)
 
 
-@pytest.mark.parametrize("decoder_skip", [False, True])
-def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder_skip):
-    model = WorldModel(dataclasses.replace(TINY, decoder_skip=decoder_skip), SPEC, rngs=nnx.Rngs(0))
+def test_warp_moves_pixels_by_whole_and_half_pixels_and_clamps_at_the_border():
+    image = jax.random.uniform(jax.random.key(0), (2, 6, 7, 3))
+    right = jnp.zeros((2, 6, 7, 2)).at[..., 0].set(1.0)  # out[y, x] = image[y, x + 1]
+    np.testing.assert_allclose(warp(image, right)[:, :, :-1], image[:, :, 1:], atol=1e-6)
+    np.testing.assert_allclose(warp(image, right)[:, :, -1], image[:, :, -1], atol=1e-6)  # clamped
+    half_up = jnp.zeros((2, 6, 7, 2)).at[..., 1].set(-0.5)  # out[y, x] = mean of image[y - 1, x], image[y, x]
+    np.testing.assert_allclose(warp(image, half_up)[:, 1:], (image[:, 1:] + image[:, :-1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(warp(image, jnp.zeros_like(right)), image, atol=1e-6)
+    # The image's gradient in the flow: moving a ramp right by a pixel adds its slope.
+    ramp = jnp.broadcast_to(jnp.arange(7.0)[None, None, :, None], (1, 6, 7, 1))
+    grad = jax.grad(lambda f: warp(ramp, f)[0, 2, 3, 0])(jnp.full((1, 6, 7, 2), 0.25))
+    np.testing.assert_allclose(grad[0, 2, 3], [1.0, 0.0], atol=1e-6)
+
+
+def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder():
+    encoder = Encoder((16, 16), 4, (1, 2), rngs=nnx.Rngs(0))
+    decoder = Decoder(8, (16, 16), 4, (1, 2), skip=True, flow=True, rngs=nnx.Rngs(1))
+    last = decoder.convs[-1].kernel[...].reshape(3, 3, -1, 4, 6)
+    assert np.abs(last[..., 4:]).max() == 0 and np.abs(last[..., :4]).max() > 0
+    frame = jax.random.randint(jax.random.key(2), (3, 16, 16, 3), 0, 255).astype(jnp.uint8)
+    plain = Decoder(8, (16, 16), 4, (1, 2), skip=True, rngs=nnx.Rngs(1))
+    # Zero flow: the warp is the identity, so it draws what the skip decoder with the same other weights draws.
+    kernel = plain.convs[-1].kernel[...].reshape(3, 3, -1, 4, 4)
+    decoder.convs[-1].kernel[...] = jnp.concatenate([kernel, last[..., 4:]], -1).reshape(decoder.convs[-1].kernel.shape)
+    decoder.convs[-1].bias[...] = jnp.concatenate([plain.convs[-1].bias[...].reshape(4, 4), jnp.zeros((4, 2))], -1).reshape(-1)
+    features = jax.random.normal(jax.random.key(3), (3, 8))
+    np.testing.assert_allclose(decoder(features, encoder.pyramid(frame)), plain(features, encoder.pyramid(frame)), atol=1e-5)
+
+    # The flow learns from the start: its weights get a gradient at zero.
+    grads = nnx.grad(lambda d: (d(features, encoder.pyramid(frame)) ** 2).sum())(decoder)
+    grad = grads["convs"][len(decoder.convs) - 1]["kernel"][...].reshape(3, 3, -1, 4, 6)
+    assert (np.abs(grad[..., 4:]).sum((0, 1, 2)) > 0).all()
+    with pytest.raises(ValueError, match="skip=True"):
+        Decoder(8, (16, 16), 4, (1, 2), flow=True, rngs=nnx.Rngs(1))
+    with pytest.raises(ValueError, match="model.decoder_flow=True cannot work"):
+        dataclasses.replace(TINY, decoder_flow=True)
+
+
+@pytest.mark.parametrize("decoder", ["plain", "skip", "flow"])
+def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
+    config = dataclasses.replace(TINY, decoder_skip=decoder != "plain", decoder_flow=decoder == "flow")
+    model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
     step = jax.jit(make_train_step(graphdef, optimizer))

@@ -50,6 +50,27 @@ def depth_to_space(x: jax.Array) -> jax.Array:
     return x.reshape(N, 2 * H, 2 * W, C4 // 4)
 
 
+def warp(image: jax.Array, flow: jax.Array) -> jax.Array:
+    """Backward warp: out[y, x] = image[y + flow_y, x + flow_x], bilinear, clamped at the borders.
+    image (N, H, W, C), flow (N, H, W, 2) in pixels as (x, y) -> (N, H, W, C); differentiable in both."""
+    N, H, W, C = image.shape
+    ys, xs = jnp.meshgrid(jnp.arange(H, dtype=flow.dtype), jnp.arange(W, dtype=flow.dtype), indexing="ij")
+    x = jnp.clip(xs + flow[..., 0], 0, W - 1)
+    y = jnp.clip(ys + flow[..., 1], 0, H - 1)
+    x0, y0 = jnp.floor(x), jnp.floor(y)
+    wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+    x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
+    x1, y1 = jnp.minimum(x0 + 1, W - 1), jnp.minimum(y0 + 1, H - 1)
+    pixels = image.reshape(N, H * W, C)
+
+    def at(yi, xi):
+        return jnp.take_along_axis(pixels, (yi * W + xi).reshape(N, H * W, 1), 1).reshape(N, H, W, C)
+
+    top = (1 - wx) * at(y0, x0) + wx * at(y0, x1)
+    bottom = (1 - wx) * at(y1, x0) + wx * at(y1, x1)
+    return (1 - wy) * top + wy * bottom
+
+
 class Down(nnx.Module):
     """4x4 convolution, stride 2, 'SAME' padding: (N, 2H, 2W, C) -> (N, H, W, O)."""
 
@@ -113,21 +134,36 @@ class Decoder(nnx.Module):
     layer adds a mask that composites the frame with the drawn image, m * frame + (1 - m) * drawn
     (as CDNA and SV2P do, Finn et al. 2016, Babaeizadeh et al. 2018). The mask starts near 1,
     so an untrained decoder copies the frame; static content then costs the latent nothing.
+
+    With `flow` as well, the frame is first warped by a flow field the last layer predicts
+    (bilinear, `warp`), m * warp(frame, flow) + (1 - m) * drawn: moving parts can be moved
+    rather than redrawn (as Deep Voxel Flow, Liu et al. 2017, and SDC-Net, Reda et al. 2018, do).
+    The flow starts at zero.
     """
 
     COPY_LOGIT = 3.0
     """Added to the mask's logit: an untrained decoder copies with m = 0.95. (+6 did no better on
     cartpole: the error left is in the moving parts, which the drawn image blurs, not in static ones.)"""
+    FLOW_SCALE = 4.0
+    """Pixels of flow per unit of the last layer's output."""
 
-    def __init__(self, features: int, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, skip: bool = False, rngs: nnx.Rngs):
+    def __init__(self, features: int, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, skip: bool = False,
+                 flow: bool = False, rngs: nnx.Rngs):
+        if flow and not skip:
+            raise ValueError("A flow decoder warps the real frame it draws from: it needs skip=True.")
         scale = 2 ** len(mults)
         self.start = (size[0] // scale, size[1] // scale, depth * mults[-1])
         self.proj = nnx.Linear(features, self.start[0] * self.start[1] * self.start[2], rngs=rngs)
-        channels = [depth * m for m in reversed(mults)] + [4 if skip else 3]
-        self.skip = skip
+        out = 3 + skip + 2 * flow  # rgb, the copy mask, the flow (x, y)
+        channels = [depth * m for m in reversed(mults)] + [out]
+        self.skip, self.flow = skip, flow
         widen = 2 if skip else 1  # a skip doubles each layer's input: the encoder level has the same channels
         self.convs = nnx.List([Up(widen * c_in, c_out, rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
         self.norms = nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels[1:-1]])
+        if flow:  # zero flow at the start: the last layer's flow outputs, in each of its 4 sub-pixel groups
+            last = self.convs[-1]
+            columns = jnp.arange(4 * out).reshape(4, out)[:, 4:].reshape(-1)
+            last.kernel[...] = last.kernel[...].at[..., columns].set(0.0)
 
     def __call__(self, features: jax.Array, pyramid: list[jax.Array] | None = None) -> jax.Array:
         """`pyramid`: `Encoder.pyramid` of the frame to draw from, leading dims broadcastable to the features'."""
@@ -144,6 +180,9 @@ class Decoder(nnx.Module):
             if i < len(self.norms):
                 x = jax.nn.silu(self.norms[i](x))
         if pyramid is not None:
-            copy = jax.nn.sigmoid(x[..., 3:] + self.COPY_LOGIT)
-            x = copy * flat(pyramid[0]) + (1 - copy) * x[..., :3]
+            frame = flat(pyramid[0])
+            if self.flow:
+                frame = warp(frame, self.FLOW_SCALE * x[..., 4:6])
+            copy = jax.nn.sigmoid(x[..., 3:4] + self.COPY_LOGIT)
+            x = copy * frame + (1 - copy) * x[..., :3]
         return x.reshape(*lead, *x.shape[1:])

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from embodied.config import require
 from embodied.nn import distributions as dist
 from embodied.nn.conv import Decoder, Encoder
 from embodied.worldmodel.backbones import BackboneConfig, make_backbone
@@ -54,6 +55,14 @@ class WorldModelConfig:
     For video prediction: static content costs the latent nothing. Only decoding changes:
     imagination, rewards and agents do not decode, but decoding imagined frames then needs a real
     frame to start from, and the dream environments refuse such a model."""
+    decoder_flow: bool = False
+    """With `decoder_skip`: the real frame is warped by a predicted flow field before the mask
+    composites it, so that moving parts are moved rather than redrawn."""
+
+    def __post_init__(self):
+        require(self, {"decoder_flow": (self.decoder_skip or not self.decoder_flow,
+                                        "False unless decoder_skip is True (the flow warps the frame the skip decoder draws from)")},
+                prefix="model.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +107,8 @@ class WorldModel(nnx.Module):
         enc_features = 0
         if spec.image is not None:
             self.encoder = Encoder(spec.image[:2], config.depth, config.mults, rngs=rngs)
-            self.decoder = Decoder(self.latent, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip, rngs=rngs)
+            self.decoder = Decoder(self.latent, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip,
+                                   flow=config.decoder_flow, rngs=rngs)
             enc_features += self.encoder.out_features
         if spec.proprio is not None:
             self.proprio_in = nnx.Linear(spec.proprio, Hd, rngs=rngs)
