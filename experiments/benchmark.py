@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+import jax
 import numpy as np
 import tyro
 
@@ -38,15 +39,21 @@ class Args:
     """Channels of the first conv layer (`--model.depth`: 4 in the small preset, 8 in medium; 16 is wider still)."""
 
 
-def median_rate(run: Callable[[], int], repeats: int) -> float:
-    """Median of (units done / seconds) over `repeats` calls of `run`, after one warm-up call."""
-    run()
-    rates = []
+def timings(run: Callable[[], object], repeats: int) -> list[tuple[float, object]]:
+    """(seconds, result) of `repeats` calls of `run`, after one warm-up call (compilation).
+    A result that is a JAX array is waited for inside the timing."""
+    jax.block_until_ready(run())
+    out = []
     for _ in range(repeats):
         start = time.perf_counter()
-        units = run()
-        rates.append(units / (time.perf_counter() - start))
-    return statistics.median(rates)
+        result = jax.block_until_ready(run())
+        out.append((time.perf_counter() - start, result))
+    return out
+
+
+def median_rate(run: Callable[[], int], repeats: int) -> float:
+    """Median of (units done / seconds) over `repeats` calls of `run`, after one warm-up call."""
+    return statistics.median(units / seconds for seconds, units in timings(run, repeats))
 
 
 def table(header: list[str], rows: list[list]) -> str:

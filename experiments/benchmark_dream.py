@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import tempfile
-import time
 
 import numpy as np
 import tyro
@@ -27,7 +26,7 @@ from embodied.replay import EpisodeStore
 from embodied.worldmodel import Spec, WorldModel
 from embodied.worldmodel.io import load
 from envs.dream import DreamEnv, DreamVectorEnv
-from experiments.benchmark import table
+from experiments.benchmark import table, timings
 from experiments.config import PRESETS
 
 
@@ -41,13 +40,8 @@ class Args:
 
 
 def timed(step, steps: int) -> np.ndarray:
-    step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return np.asarray(times)
+    """Seconds of each of `steps` calls, after a warm-up call."""
+    return np.asarray([seconds for seconds, _ in timings(step, steps)])
 
 
 def main(args: Args) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +27,7 @@ import tyro
 from flax import nnx
 
 from embodied.worldmodel import BackboneConfig, ImagineState, Spec, WorldModel, WorldModelConfig, imagine, make_backbone
-from experiments.benchmark import table
+from experiments.benchmark import table, timings
 
 WIDTHS = {"ssm": 256, "ssm-selective": 248, "gru": 280, "transformer": 224}
 
@@ -47,14 +46,8 @@ class Args:
 
 
 def timed(fn, *inputs, repeats):
-    out = fn(*inputs)
-    jax.block_until_ready(out)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*inputs))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of `fn(*inputs)`, after a warm-up call."""
+    return statistics.median(seconds for seconds, _ in timings(lambda: fn(*inputs), repeats))
 
 
 def matmul_ceiling(repeats: int) -> float:
