@@ -7,8 +7,9 @@ Strong scaling: a fixed global batch split over 1, 2, 4 devices. Weak scaling:
 a fixed batch per device. The world-model step (pixels, the small preset's
 model) and the whole agent step, frames/s, medians of `repeats`. On CPU the
 forced devices share the same cores, so this measures the overhead of
-partitioning, not a speed-up; on GPUs it measures the speed-up. A second table
-compares compute dtypes on one device.
+partitioning, not a speed-up; on GPUs it measures the speed-up. Two more tables
+compare compute dtypes and the fraction of replayed steps imagination starts from,
+on one device.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Args:
     repeats: int = 5
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     """Compute dtypes compared on one device at the global batch (`--compute-dtype` of the train scripts)."""
+    starts: tuple[float, ...] = (1.0, 0.25)
+    """Fractions of replayed steps imagination starts from (`--agent.starts`), compared on one device."""
 
 
 def fake_batch(B: int, T: int, size: int, rng) -> dict:
@@ -69,9 +72,10 @@ def frames_per_second(agent: Dreamer, devices: int, B: int, T: int, repeats: int
     return B * T / float(np.median(times))
 
 
-def make_agent(preset: str, compute_dtype: str = "float32") -> Dreamer:
+def make_agent(preset: str, compute_dtype: str = "float32", starts: float | None = None) -> Dreamer:
     config = PRESETS[preset]
-    return Dreamer(Spec(image=(64, 64, 3), proprio=None, action=1), config.model, config.agent, config.model_optim,
+    agent = config.agent if starts is None else dataclasses.replace(config.agent, starts=starts)
+    return Dreamer(Spec(image=(64, 64, 3), proprio=None, action=1), config.model, agent, config.model_optim,
                    compute_dtype=compute_dtype)
 
 
@@ -94,6 +98,11 @@ def main(args: Args) -> None:
         first = rates[args.dtypes[0]]
         print(f"\nCompute dtype, 1 device, batch {args.batch}; frames/s, median of {args.repeats}")
         print(table(["compute dtype", "frames/s", f"vs {args.dtypes[0]}"], [[d, f"{r:,.0f}", f"{r / first:.2f}x"] for d, r in rates.items()]))
+    if args.starts:
+        rates = {f: frames_per_second(make_agent(args.preset, starts=f), 1, args.batch, args.length, args.repeats) for f in args.starts}
+        first = rates[args.starts[0]]
+        print(f"\nImagination starts (--agent.starts), 1 device, batch {args.batch}; frames/s, median of {args.repeats}")
+        print(table(["starts", "frames/s", f"vs {args.starts[0]}"], [[f, f"{r:,.0f}", f"{r / first:.2f}x"] for f, r in rates.items()]))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,18 @@ def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
     jax.tree.map(np.testing.assert_array_equal, before, state.params)
 
 
+def test_proprio_scale_weights_only_the_proprio_reconstruction():
+    data, key = batch(), jax.random.key(0)
+    losses = {}
+    for scale in (1.0, 3.0):
+        model = WorldModel(dataclasses.replace(TINY, proprio_scale=scale), SPEC, rngs=nnx.Rngs(0))
+        losses[scale] = model.loss(data, key)
+    (one, metrics), (three, _) = losses[1.0], losses[3.0]
+    np.testing.assert_allclose(three, one + 2 * metrics["proprio_loss"], rtol=1e-5)
+    with pytest.raises(ValueError, match="model.proprio_scale=-1.0 cannot work"):
+        dataclasses.replace(TINY, proprio_scale=-1.0)
+
+
 def test_ssm_eigenvalues_get_no_weight_decay():
     model = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
     _, params, _ = nnx.split(model, nnx.Param, ...)

@@ -48,6 +48,9 @@ class WorldModelConfig:
     rep_scale: float = 0.1
     """KL weight that trains the posterior towards the prior."""
     reward_bins: int = 255
+    proprio_scale: float = 1.0
+    """Weight of the proprio reconstruction loss (a symlog squared error summed over a handful of
+    dimensions, small beside an image's). Higher asks the latent for a more precise state."""
     decoder_skip: bool = False
     """The decoder draws each frame from a real one as well as from z (a sequence's first frame in
     training; the last context frame when predicting): skip connections from that frame's encoder
@@ -61,7 +64,8 @@ class WorldModelConfig:
 
     def __post_init__(self):
         require(self, {"decoder_flow": (self.decoder_skip or not self.decoder_flow,
-                                        "False unless decoder_skip is True (the flow warps the frame the skip decoder draws from)")},
+                                        "False unless decoder_skip is True (the flow warps the frame the skip decoder draws from)"),
+                       "proprio_scale": (self.proprio_scale >= 0.0, ">= 0")},
                 prefix="model.")
 
 
@@ -218,7 +222,7 @@ class WorldModel(nnx.Module):
         if "proprio" in recon:
             proprio_loss = ((recon["proprio"] - dist.symlog(batch["proprio"])) ** 2).sum(-1).mean()
             metrics["proprio_loss"] = proprio_loss
-            loss += proprio_loss
+            loss += c.proprio_scale * proprio_loss
         # Dynamics: y_t predicts step t+1, except across an episode boundary.
         valid = 1.0 - batch["is_first"][:, 1:].astype(jnp.float32)
         count = jnp.maximum(valid.sum(), 1.0)
