@@ -218,3 +218,17 @@ def test_decoder_skip_draws_from_the_first_frame_until_an_episode_starts():
     from envs.dream import Dream
     with pytest.raises(ValueError, match="decoder_skip"):
         Dream(model, "latent")
+
+
+def test_probe_state_reports_the_decoded_posterior_modes_error_per_dimension():
+    from experiments.probe_state import decode_error
+
+    model = WorldModel(TINY, Spec(image=None, proprio=3, action=2), rngs=nnx.Rngs(0))
+    proprio = jax.random.normal(jax.random.key(0), (50, 3))
+    decoded, rms = decode_error(model, proprio)
+    z = jax.nn.one_hot(jnp.argmax(model.encode({"proprio": proprio}), -1), TINY.latent_classes)
+    np.testing.assert_allclose(decoded, dist.symexp(model.decode(z)["proprio"]), rtol=1e-5)
+    np.testing.assert_allclose(rms, np.sqrt(((decoded - proprio) ** 2).mean(0)), rtol=1e-5)
+    assert rms.shape == (3,) and (rms > 0).all()
+    with pytest.raises(ValueError, match="proprio observations only"):
+        decode_error(WorldModel(TINY, SPEC, rngs=nnx.Rngs(0)), proprio)
