@@ -19,7 +19,7 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import dataclasses  # noqa: E402
-import time  # noqa: E402
+import statistics  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -28,7 +28,7 @@ import tyro  # noqa: E402
 from agents.dreamer import Dreamer  # noqa: E402
 from embodied.parallel import data_parallel, make_mesh, shard_batch  # noqa: E402
 from embodied.worldmodel import Spec  # noqa: E402
-from experiments.benchmark import table  # noqa: E402
+from experiments.benchmark import table, timings  # noqa: E402
 from experiments.config import PRESETS  # noqa: E402
 
 
@@ -61,15 +61,14 @@ def frames_per_second(agent: Dreamer, devices: int, B: int, T: int, repeats: int
     step = data_parallel(agent.train, mesh)
     state = agent.init(0)
     batch = shard_batch(fake_batch(B, T, agent.spec.image[0], np.random.default_rng(0)), mesh)
-    state, metrics = step(state, batch, jax.random.key(0))
-    jax.block_until_ready(metrics)
-    times = []
-    for i in range(repeats):
-        start = time.perf_counter()
-        state, metrics = step(state, batch, jax.random.key(i))
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return B * T / float(np.median(times))
+    keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
+
+    def update():
+        nonlocal state
+        state, metrics = step(state, batch, next(keys))
+        return metrics
+
+    return B * T / statistics.median(seconds for seconds, _ in timings(update, repeats))
 
 
 def make_agent(preset: str, compute_dtype: str = "float32", starts: float | None = None) -> Dreamer:
