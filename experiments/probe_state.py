@@ -39,8 +39,7 @@ def decode_error(model: WorldModel, proprio: jax.Array) -> tuple[np.ndarray, np.
     if model.spec.proprio is None or model.spec.image is not None:
         raise ValueError("probe_state needs a world model of proprio observations only (this one sees "
                          f"image={model.spec.image}, proprio={model.spec.proprio}).")
-    z = jax.nn.one_hot(jnp.argmax(model.encode({"proprio": proprio}), -1), model.config.latent_classes)
-    decoded = np.asarray(dist.symexp(model.decode(z)["proprio"]))
+    decoded = np.asarray(dist.symexp(model.decode(model.posterior_mode({"proprio": proprio}))["proprio"]))
     return decoded, np.sqrt(((decoded - np.asarray(proprio)) ** 2).mean(0))
 
 

@@ -144,6 +144,10 @@ class WorldModel(nnx.Module):
         logits = self.posterior(jnp.concatenate(parts, -1))
         return self._shape_latent(logits)
 
+    def posterior_mode(self, obs: dict) -> jax.Array:
+        """The most likely latent of each frame on its own, one-hot (..., V, K)."""
+        return jax.nn.one_hot(jnp.argmax(self.encode(obs), -1), self.config.latent_classes)
+
     def _shape_latent(self, logits):
         logits = logits.reshape(*logits.shape[:-1], self.config.latent_vars, self.config.latent_classes)
         return dist.unimix_logits(logits, self.config.unimix)
@@ -273,7 +277,7 @@ class WorldModel(nnx.Module):
             observation = self.observe({k: v[:, :-1] for k, v in batch.items()}, key)
             carry = jax.tree.map(lambda c: c[:, -1], observation.carries)
             y_last = observation.y[:, -1]
-        z_last = jax.nn.one_hot(jnp.argmax(self.encode({k: v[:, -1] for k, v in batch.items()}), -1), self.config.latent_classes)
+        z_last = self.posterior_mode({k: v[:, -1] for k, v in batch.items()})
         return ImagineState(carry, y_last, z_last)
 
     def filter_step(self, state: ImagineState, action: jax.Array, obs: dict) -> ImagineState:
@@ -282,7 +286,7 @@ class WorldModel(nnx.Module):
         episode the latent features a policy sees in the dream (`envs.dream.LatentObservation`)."""
         reset = jnp.zeros(action.shape[:1], bool)
         y, carry = self.backbone.step(self.backbone_input(state.z, action), state.carry, reset)
-        z = jax.nn.one_hot(jnp.argmax(self.encode(obs), -1), self.config.latent_classes)
+        z = self.posterior_mode(obs)
         return ImagineState(carry, y, z)
 
     def starts(self, batch: dict, observation: Observation) -> ImagineState:
