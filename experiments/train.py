@@ -181,8 +181,9 @@ def open_run(config: Config) -> tuple[Checkpointer, dict | None]:
     run = config.run_dir
     checkpoints = Checkpointer(run / "checkpoints")
     meta = checkpoints.read_meta()
-    if meta is not None and meta["config"] != config_record(config):
-        differences = "\n".join(f"  {name}: checkpoint {old!r}, now {new!r}" for name, old, new in _differences(meta["config"], config_record(config)))
+    changed = [] if meta is None else config_differences(meta["config"], config)
+    if changed:
+        differences = "\n".join(f"  {name}: checkpoint {old!r}, now {new!r}" for name, old, new in changed)
         raise ValueError(f"{run} holds a run with another config; resume it with the same flags or pass another --run. "
                          f"Only {', '.join(RESUMABLE_CHANGES)} may change on resume. Differences:\n{differences}")
     run.mkdir(parents=True, exist_ok=True)
@@ -309,6 +310,17 @@ def train(config: Config) -> dict:
         logger.close()
         vector.close()
     return {**summary, **counters, "parameters": parameter_digest(state)}
+
+
+def config_differences(saved: dict, config: Config) -> list[tuple[str, object, object]]:
+    """(field, saved value, value now) for each field of a checkpoint's config record that `config`
+    changes. A field added to Config since the run started counts as its default, which keeps the
+    behaviour of the code before it, so that upgrading Reverie does not block resuming a run."""
+    try:
+        saved = config_record(from_dict(Config, saved))
+    except (TypeError, ValueError):  # a field removed since, or a value no longer allowed: compare as saved
+        pass
+    return list(_differences(saved, config_record(config)))
 
 
 def _differences(old: dict, new: dict, prefix: str = ""):

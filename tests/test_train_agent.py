@@ -64,6 +64,19 @@ def test_resume_with_another_config_names_the_difference(run):
         train(parse(DEBUG + ["--run", str(run), "--batch", "8"]))
 
 
+def test_a_field_added_since_the_run_started_counts_as_its_default():
+    from experiments.train import config_differences, config_record
+
+    config = parse(DEBUG)
+    saved = config_record(config)
+    del saved["model"]["next_proprio"]  # a run written before the field existed
+    assert config_differences(saved, config) == []
+    assert config_differences(saved, parse(DEBUG + ["--model.next-proprio", "1"])) == [("model.next_proprio", 0.0, 1.0)]
+    assert config_differences(saved, parse(DEBUG + ["--batch", "8"])) == [("batch", 4, 8)]
+    saved["model"]["retired"] = 1  # a field removed since: named, not ignored
+    assert ("model.retired", 1, None) in config_differences(saved, config)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--batch", "0"], "batch=0"),
     (["--length", "1"], "length=1"),
