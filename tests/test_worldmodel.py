@@ -124,6 +124,27 @@ def test_proprio_scale_weights_only_the_proprio_reconstruction():
         dataclasses.replace(TINY, proprio_scale=-1.0)
 
 
+def test_next_proprio_regresses_the_next_observation_from_the_backbone_output_within_episodes():
+    data, key = batch(T=6), jax.random.key(0)
+    data["is_first"][0, 3] = True  # step 2 -> 3 crosses an episode boundary: not a target
+    model = WorldModel(dataclasses.replace(TINY, next_proprio=2.0), SPEC, rngs=nnx.Rngs(0))
+    loss, metrics = model.loss(data, key)
+    y = model.observe(data, key).y
+    error = ((model.next_proprio(y[:, :-1]) - dist.symlog(data["proprio"][:, 1:])) ** 2).sum(-1)
+    valid = 1.0 - data["is_first"][:, 1:]
+    np.testing.assert_allclose(metrics["next_proprio_loss"], (error * valid).sum() / valid.sum(), rtol=1e-5)
+    plain, _ = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0)).loss(data, key)
+    np.testing.assert_allclose(loss, plain + 2.0 * metrics["next_proprio_loss"], rtol=1e-5)
+    # It trains the backbone: the gradient reaches the SSM's parameters.
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    grads = jax.grad(lambda p: nnx.merge(graphdef, p, rest).loss(data, key)[1]["next_proprio_loss"])(params)
+    assert float(optax.tree.norm(grads["backbone"])) > 0
+    with pytest.raises(ValueError, match="model.next_proprio=2.0 asks the backbone to predict the next proprio"):
+        WorldModel(dataclasses.replace(TINY, next_proprio=2.0), Spec(image=(16, 16, 3), proprio=None, action=2), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.next_proprio=-1.0 cannot work"):
+        dataclasses.replace(TINY, next_proprio=-1.0)
+
+
 def test_ssm_eigenvalues_get_no_weight_decay():
     model = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
     _, params, _ = nnx.split(model, nnx.Param, ...)

@@ -51,6 +51,13 @@ class WorldModelConfig:
     proprio_scale: float = 1.0
     """Weight of the proprio reconstruction loss (a symlog squared error summed over a handful of
     dimensions, small beside an image's). Higher asks the latent for a more precise state."""
+    next_proprio: float = 0.0
+    """Weight of a loss that asks the backbone output y_t to predict the next proprio observation
+    o_{t+1} by regression (0 turns it off; needs proprio). Each latent z_t, encoded from its own
+    frame, holds the state only to its quantisation (a few degrees of a pole's angle); this
+    continuous target teaches y, which has seen every earlier z and the action, to carry the
+    state and each action's effect on it precisely, and y is what the actor, critic and reward
+    head read."""
     decoder_skip: bool = False
     """The decoder draws each frame from a real one as well as from z (a sequence's first frame in
     training; the last context frame when predicting): skip connections from that frame's encoder
@@ -65,7 +72,8 @@ class WorldModelConfig:
     def __post_init__(self):
         require(self, {"decoder_flow": (self.decoder_skip or not self.decoder_flow,
                                         "False unless decoder_skip is True (the flow warps the frame the skip decoder draws from)"),
-                       "proprio_scale": (self.proprio_scale >= 0.0, ">= 0")},
+                       "proprio_scale": (self.proprio_scale >= 0.0, ">= 0"),
+                       "next_proprio": (self.next_proprio >= 0.0, ">= 0")},
                 prefix="model.")
 
 
@@ -126,6 +134,12 @@ class WorldModel(nnx.Module):
                                      nnx.Linear(Hd, config.reward_bins, kernel_init=nnx.initializers.zeros, rngs=rngs))
         self.cont = nnx.Sequential(nnx.Linear(D + self.latent, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, 1, rngs=rngs))
         self.bins = nnx.Variable(dist.twohot_bins(config.reward_bins))
+        if config.next_proprio > 0:  # last, so that the other parameters draw the same numbers either way
+            if spec.proprio is None:
+                raise ValueError(f"model.next_proprio={config.next_proprio} asks the backbone to predict the next proprio "
+                                 "observation, but the data has none: set it to 0 or add proprio observations.")
+            self.next_proprio = nnx.Sequential(nnx.LayerNorm(D, rngs=rngs), nnx.Linear(D, Hd, rngs=rngs), jax.nn.silu,
+                                               nnx.Linear(Hd, spec.proprio, rngs=rngs))
 
     # Pieces. The model computes in the dtype of its parameters (float32, or bfloat16 when a
     # train step casts them: `embodied.nn.precision`); inputs are cast at these entry points.
@@ -241,6 +255,11 @@ class WorldModel(nnx.Module):
         cont_loss = masked(-(cont_target * jax.nn.log_sigmoid(cont_logits) + (1 - cont_target) * jax.nn.log_sigmoid(-cont_logits)))
         loss += c.dyn_scale * masked(jnp.maximum(dyn, c.free_nats)) + c.rep_scale * masked(jnp.maximum(rep, c.free_nats))
         loss += reward_loss + cont_loss
+        if c.next_proprio > 0:
+            predicted = self.next_proprio(y[:, :-1]).astype(jnp.float32)
+            next_loss = masked(((predicted - dist.symlog(batch["proprio"][:, 1:])) ** 2).sum(-1))
+            metrics["next_proprio_loss"] = next_loss
+            loss += c.next_proprio * next_loss
         metrics.update(kl=masked(dyn), reward_loss=reward_loss, cont_loss=cont_loss, loss=loss,
                        post_entropy=-(jax.nn.softmax(post) * jax.nn.log_softmax(post)).sum((-2, -1)).mean())
         return loss, metrics
