@@ -91,10 +91,9 @@ def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder():
         dataclasses.replace(TINY, decoder_flow=True)
 
 
-@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "soft-latent"])
+@pytest.mark.parametrize("decoder", ["plain", "skip", "flow"])
 def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
-    config = dataclasses.replace(TINY, decoder_skip=decoder in ("skip", "flow"), decoder_flow=decoder == "flow",
-                                 latent="soft" if decoder == "soft-latent" else "sample")
+    config = dataclasses.replace(TINY, decoder_skip=decoder != "plain", decoder_flow=decoder == "flow")
     model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
@@ -144,26 +143,6 @@ def test_next_proprio_regresses_the_next_observation_from_the_backbone_output_wi
         WorldModel(dataclasses.replace(TINY, next_proprio=2.0), Spec(image=(16, 16, 3), proprio=None, action=2), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="model.next_proprio=-1.0 cannot work"):
         dataclasses.replace(TINY, next_proprio=-1.0)
-
-
-def test_soft_latent_is_the_probabilities_and_imagines_the_priors_expectation():
-    model = WorldModel(dataclasses.replace(TINY, latent="soft"), SPEC, rngs=nnx.Rngs(0))
-    data = batch()
-    observation = model.observe(data, jax.random.key(0))
-    np.testing.assert_allclose(observation.z, jax.nn.softmax(observation.post), rtol=1e-6)
-    np.testing.assert_allclose(model.posterior_mode(data), observation.z, rtol=1e-6)
-    # Imagination is deterministic: the key draws nothing, and the next latent is the prior's probabilities.
-    start = model.start(data, jax.random.key(0))
-    actions = jnp.asarray(data["action"][:, :4])
-    one, two = (imagine(model, None, start, 4, jax.random.key(k), actions=actions) for k in (1, 2))
-    np.testing.assert_array_equal(one.latents, two.latents)
-    state, _, _ = model.imagine_step(start, actions[:, 0], jax.random.key(3))
-    np.testing.assert_allclose(state.z, jax.nn.softmax(model.prior_logits(state.y)), rtol=1e-6)
-    # The default draws one-hot samples, which differ between keys.
-    sampled = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
-    z = sampled.observe(data, jax.random.key(0)).z
-    np.testing.assert_array_equal(z.max(-1), 1.0)
-    assert not np.array_equal(z, sampled.observe(data, jax.random.key(1)).z)
 
 
 def test_ssm_eigenvalues_get_no_weight_decay():

@@ -15,7 +15,7 @@ Shapes: B batch, T time, V latent variables of K classes, D backbone width, A ac
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,12 +42,6 @@ class WorldModelConfig:
     """Width of the MLP heads."""
     unimix: float = 0.01
     """Uniform mixed into every categorical (keeps KLs finite)."""
-    latent: Literal["sample", "soft"] = "sample"
-    """What the backbone, the heads, the decoder and the policy read of each categorical latent.
-    sample: a one-hot draw with straight-through gradients (DreamerV3). soft: its probabilities,
-    so that imagination rolls the prior's expectation forward. A one-hot draw holds the state
-    only to its quantisation, and each imagined step re-draws it, so an action's effect smaller
-    than one class is lost within a few steps; probabilities hold it between classes."""
     free_nats: float = 1.0
     dyn_scale: float = 0.5
     """KL weight that trains the prior towards the posterior."""
@@ -110,7 +104,7 @@ class Observation(NamedTuple):
     post: jax.Array
     """(B, T, V, K) logits of z_t given o_t."""
     z: jax.Array
-    """(B, T, V, K) the latents drawn from `post` (`WorldModel.draw`)."""
+    """(B, T, V, K) one-hot samples (straight-through)."""
     y: jax.Array
     """(B, T, D) backbone output after [z_t, a_t]: it predicts z_{t+1}."""
     carries: object
@@ -165,18 +159,8 @@ class WorldModel(nnx.Module):
         return self._shape_latent(logits)
 
     def posterior_mode(self, obs: dict) -> jax.Array:
-        """The most likely latent of each frame on its own, one-hot (..., V, K); with a soft latent,
-        its probabilities (deterministic either way)."""
-        logits = self.encode(obs)
-        if self.config.latent == "soft":
-            return jax.nn.softmax(logits)
-        return jax.nn.one_hot(jnp.argmax(logits, -1), self.config.latent_classes)
-
-    def draw(self, key: jax.Array, logits: jax.Array) -> jax.Array:
-        """The latent (..., V, K) that the rest of the model reads of logits (..., V, K) (`latent`)."""
-        if self.config.latent == "soft":
-            return jax.nn.softmax(logits)
-        return dist.sample_straight_through(key, logits)
+        """The most likely latent of each frame on its own, one-hot (..., V, K)."""
+        return jax.nn.one_hot(jnp.argmax(self.encode(obs), -1), self.config.latent_classes)
 
     def _shape_latent(self, logits):
         logits = logits.reshape(*logits.shape[:-1], self.config.latent_vars, self.config.latent_classes)
@@ -232,7 +216,7 @@ class WorldModel(nnx.Module):
         """Runs the backbone over real data [B, T] from `carry` (default: a fresh one)."""
         B = batch["action"].shape[0]
         post = self.encode(batch)
-        z = self.draw(key, post)
+        z = dist.sample_straight_through(key, post)
         carry = self.backbone.init_carry(B) if carry is None else carry
         y, carries = self.backbone.states(self.backbone_input(z, batch["action"]), carry, batch["is_first"])
         return Observation(post, z, y, carries)
@@ -292,12 +276,11 @@ class WorldModel(nnx.Module):
     def imagine_step(self, state: ImagineState, action: jax.Array, key: jax.Array):
         """One recurrent step under `action` (B, A): (next state, reward (B,), continue probability (B,)).
 
-        Differentiable in the action: the prior latent is drawn with straight-through gradients
-        (or is the prior's probabilities, `latent="soft"`),
+        Differentiable in the action: the prior latent is sampled with straight-through gradients,
         so an actor can learn by backpropagating imagined returns through the dynamics."""
         reset = jnp.zeros(action.shape[:1], bool)
         y, carry = self.backbone.step(self.backbone_input(state.z, action), state.carry, reset)
-        z = self.draw(key, self.prior_logits(y))
+        z = dist.sample_straight_through(key, self.prior_logits(y))
         reward_logits, cont_logits = self.heads(y, z)
         return ImagineState(carry, y, z), dist.twohot_mean(reward_logits, self.bins[...]), jax.nn.sigmoid(cont_logits)
 
@@ -347,7 +330,7 @@ class WorldModel(nnx.Module):
 
         `policy(state, key) -> action` sees the state before the action, ImagineState(carry_{t-1},
         y_{t-1}, z_t): the same kind of state imagination starts from, so that a planner can roll
-        out from it. z_t is drawn from the posterior, as in training; `is_first` (B,) starts a
+        out from it. z_t is sampled from the posterior, as in training; `is_first` (B,) starts a
         fresh carry, exactly as `starts` and training do.
         """
         latent_key, policy_key = jax.random.split(key)
@@ -355,7 +338,7 @@ class WorldModel(nnx.Module):
         fresh = self.backbone.init_carry(B)
         carry = jax.tree.map(lambda f, c: jnp.where(is_first.reshape(B, *[1] * (c.ndim - 1)), f, c), fresh, state.carry)
         y_prev = jnp.where(is_first[:, None], 0.0, state.y)
-        z = jax.lax.stop_gradient(self.draw(latent_key, self.encode(obs)))
+        z = jax.nn.one_hot(jax.random.categorical(latent_key, self.encode(obs)), self.config.latent_classes)
         action = policy(ImagineState(carry, y_prev, z), policy_key)
         y, carry = self.backbone.step(self.backbone_input(z, action), carry, jnp.zeros((B,), bool))
         return action, ImagineState(carry, y, z)
