@@ -7,6 +7,17 @@ encodes each proprio observation to its posterior mode z_t, decodes z_t, and pri
 root-mean-square error per observation dimension beside the observations' spread. For
 cartpole it also prints the pole angle's error in degrees. A world model whose latent
 loses the state this way gives its actor a coarse view of it (README, the agent section).
+
+For cartpole it then asks whether that view suffices to balance, and whether the actor
+uses it, on `dmc/cartpole-balance` (`--episodes` episodes each): an LQR controller,
+linearised at the upright pole, acting on the true state and on the decoded posterior
+mode; the run's actor (its mode); and, on the states of the actor's own episodes with
+the pole within 20 degrees of upright, the correlation between the actor's action and
+LQR's. A latent that lets LQR balance under an actor that does not separates what the
+world model cannot hold from what the agent did not learn. Last, one action's effect: the
+pole angle 10 steps after a push of +1 against a push of -1, in the simulator and imagined
+from the same states (`action_effect`): a world model that shrinks it gives its actor
+little reason to push.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import tyro
 
 import envs
 from embodied.nn import distributions as dist
-from embodied.worldmodel import WorldModel
+from embodied.worldmodel import WorldModel, imagine
 from experiments.train import load
 
 
@@ -31,6 +42,8 @@ class Args:
     """A run directory of experiments.train whose world model sees proprio observations."""
     steps: int = 400
     """Agent steps to act and probe."""
+    episodes: int = 3
+    """cartpole: balance episodes for each controller of the control check (0 skips it)."""
     seed: int = 0
 
 
@@ -43,9 +56,140 @@ def decode_error(model: WorldModel, proprio: jax.Array) -> tuple[np.ndarray, np.
     return decoded, np.sqrt(((decoded - np.asarray(proprio)) ** 2).mean(0))
 
 
+def cartpole_state(proprio: np.ndarray) -> np.ndarray:
+    """dm-control cartpole observations (..., 5): cart position, pole cos, sin, cart velocity, pole
+    angular velocity -> the state (..., 4): cart position, pole angle, their velocities."""
+    return np.stack([proprio[..., 0], np.arctan2(proprio[..., 2], proprio[..., 1]), proprio[..., 3], proprio[..., 4]], -1)
+
+
+def lqr_gain(action_repeat: int) -> np.ndarray:
+    """The discrete-time LQR gain K (1, 4) of dm-control's cartpole linearised at the upright pole,
+    per agent step of `action_repeat` control steps: the action is -K @ `cartpole_state`."""
+    import mujoco
+    import scipy.linalg
+    from dm_control import suite
+
+    task = suite.load("cartpole", "balance")
+    physics = task.physics
+    model, data = physics.model.ptr, physics.data.ptr
+    mujoco.mj_resetData(model, data)
+    integrator, model.opt.integrator = model.opt.integrator, mujoco.mjtIntegrator.mjINT_EULER  # finite differences need it
+    A, B = np.zeros((2 * model.nv, 2 * model.nv)), np.zeros((2 * model.nv, model.nu))
+    mujoco.mjd_transitionFD(model, data, 1e-6, True, A, B, None, None)
+    model.opt.integrator = integrator
+    steps = action_repeat * round(task.control_timestep() / physics.timestep())  # physics steps per agent step
+    A_step = np.linalg.matrix_power(A, steps)
+    B_step = sum(np.linalg.matrix_power(A, i) @ B for i in range(steps))
+    Q, R = np.diag([1.0, 10.0, 0.1, 0.1]), np.eye(1)
+    P = scipy.linalg.solve_discrete_are(A_step, B_step, Q, R)
+    return np.linalg.solve(R + B_step.T @ P @ B_step, B_step.T @ P @ A_step)
+
+
+def balance_episode(env, choose, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """One episode of `choose(proprio, first) -> action (A,)`: its return, observations and actions."""
+    obs, _ = env.reset(seed=seed)
+    total, seen, actions, first = 0.0, [], [], True
+    while True:
+        action = np.asarray(choose(obs["proprio"], first), np.float32)
+        seen.append(obs["proprio"])
+        actions.append(action)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        total, first = total + reward, False
+        if terminated or truncated:
+            return total, np.stack(seen), np.stack(actions)
+
+
+def control_check(agent, state, action_repeat: int, episodes: int, seed: int) -> dict:
+    """Balance returns of LQR on the true and on the decoded state, and of the actor; the actor's
+    agreement with LQR near upright (module docstring)."""
+    model = agent.module("world_model", state.world_model)
+    gain = lqr_gain(action_repeat)
+    decode = jax.jit(lambda x: dist.symexp(model.decode(model.posterior_mode({"proprio": x}))["proprio"]))
+    lqr = lambda proprio: np.clip(-cartpole_state(proprio) @ gain.T, -1.0, 1.0)  # noqa: E731
+    act = jax.jit(lambda s, o, k: agent.policy(state, s, o, k, explore=False))
+    policy_state = [None]
+
+    def actor(proprio, first):
+        if first:
+            policy_state[0] = agent.init_policy(1)
+        obs = {"proprio": jnp.asarray(proprio)[None], "is_first": jnp.array([first])}
+        action, policy_state[0] = act(policy_state[0], obs, jax.random.key(0))
+        return action[0]
+
+    env = envs.make("dmc/cartpole-balance", pixels=False, proprio=True, action_repeat=action_repeat)
+    controllers = {"lqr_true_state": lambda p, first: lqr(p),
+                   "lqr_decoded_state": lambda p, first: lqr(np.asarray(decode(jnp.asarray(p)[None]))[0]),
+                   "actor": actor}
+    result, near = {}, []
+    for name, choose in controllers.items():
+        returns = []
+        for episode in range(episodes):
+            total, seen, actions = balance_episode(env, choose, seed + episode)
+            returns.append(total)
+            if name == "actor":
+                upright = np.abs(cartpole_state(seen)[:, 1]) < np.radians(20)
+                near.append((lqr(seen[upright])[:, 0], actions[upright, 0]))
+        result[name] = float(np.mean(returns))
+    wanted, taken = (np.concatenate(x) for x in zip(*near))
+    result["actor_lqr_correlation"] = float(np.corrcoef(wanted, taken)[0, 1]) if len(wanted) > 2 else float("nan")
+    return result
+
+
+def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, points: int = 8, samples: int = 64,
+                  seed: int = 0) -> dict:
+    """How far one action moves the pole `horizon` agent steps later, in the simulator and in the world
+    model: the pole angle after a push of +1 and then nothing, minus the angle after -1 and then nothing,
+    from the same state (imagination: the mean over `samples` rollouts from the episode so far), at
+    `points` states 20 agent steps apart of an LQR-balanced episode. Degrees, one per point."""
+    from dm_control import suite
+
+    env = suite.load("cartpole", "balance", task_kwargs={"random": seed})
+    physics, gain = env.physics, lqr_gain(action_repeat)
+    substeps = round(env.control_timestep() / physics.timestep())
+    observe = lambda: np.concatenate(list(env.task.get_observation(physics).values())).astype(np.float32)  # noqa: E731
+
+    def agent_step(action: float) -> None:
+        physics.set_control([action])
+        for _ in range(action_repeat):
+            physics.step(substeps)
+
+    @jax.jit
+    def imagined(batch, key):
+        start = jax.tree.map(lambda x: jnp.repeat(x, 2 * samples, 0), model.start(batch, key))
+        pushes = jnp.repeat(jnp.array([1.0, -1.0]), samples)
+        actions = jnp.zeros((2 * samples, horizon, model.spec.action)).at[:, 0, 0].set(pushes)
+        end = dist.symexp(model.decode(imagine(model, None, start, horizon, key, actions=actions).latents[:, -1])["proprio"])
+        angle = jnp.arctan2(end[:, 2], end[:, 1]).reshape(2, samples).mean(1)
+        return angle[0] - angle[1]
+
+    env.reset()
+    seen, actions, real, model_effect = [observe()], [], [], []
+    for t in range(1, 20 * points + 1):
+        action = float(np.clip(-(gain @ cartpole_state(seen[-1]))[0], -1.0, 1.0))
+        if t % 20 == 0:
+            saved, ends = physics.get_state().copy(), []
+            for push in (1.0, -1.0):
+                physics.set_state(saved)
+                physics.forward()
+                agent_step(push)
+                for _ in range(horizon - 1):
+                    agent_step(0.0)
+                ends.append(cartpole_state(observe())[1])
+            physics.set_state(saved)
+            physics.forward()
+            real.append(np.degrees(ends[0] - ends[1]))
+            batch = {"proprio": jnp.asarray(np.stack(seen))[None], "action": jnp.asarray(actions + [[0.0]], jnp.float32)[None],
+                     "is_first": (jnp.arange(len(seen)) == 0)[None]}
+            model_effect.append(float(np.degrees(imagined(batch, jax.random.key(seed + t)))))
+        actions.append([action])
+        agent_step(action)
+        seen.append(observe())
+    return {"real_deg": [float(x) for x in real], "model_deg": model_effect}
+
+
 def main(args: Args) -> dict:
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1; got {args.steps}.")
+    if args.steps < 1 or args.episodes < 0:
+        raise ValueError(f"--steps must be >= 1 and --episodes >= 0; got {args.steps} and {args.episodes}.")
     config, agent, state, _ = load(args.checkpoint)
     model = agent.module("world_model", state.world_model)
     task = config.task.replace("mjx/", "dmc/", 1)
@@ -71,6 +215,19 @@ def main(args: Args) -> dict:
         error = np.degrees(np.abs(np.angle(np.exp(1j * (angle(decoded) - angle(proprio))))))
         result["pole_angle_error_deg"] = {"median": float(np.median(error)), "p90": float(np.percentile(error, 90))}
         print(f"  pole angle error: median {np.median(error):.1f} degrees, 90th percentile {np.percentile(error, 90):.1f}")
+        if args.episodes > 0:
+            check = control_check(agent, state, env.action_repeat, args.episodes, args.seed)
+            result["control"] = check
+            print(f"dmc/cartpole-balance, mean return of {args.episodes} episodes: LQR on the true state "
+                  f"{check['lqr_true_state']:.0f}, LQR on the decoded posterior mode {check['lqr_decoded_state']:.0f}, "
+                  f"the actor {check['actor']:.0f}")
+            print(f"  near upright (within 20 degrees), correlation of the actor's action with LQR's: "
+                  f"{check['actor_lqr_correlation']:.2f}")
+            effect = action_effect(model, env.action_repeat, seed=args.seed)
+            result["action_effect"] = effect
+            print("  one push of +1 against -1, pole angle 10 steps later, at states 20 steps apart of an LQR episode (degrees):")
+            print("    simulator   " + " ".join(f"{x:6.1f}" for x in effect["real_deg"]))
+            print("    world model " + " ".join(f"{x:6.1f}" for x in effect["model_deg"]))
     return result
 
 

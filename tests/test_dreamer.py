@@ -277,3 +277,23 @@ def test_config_rejects_values_that_cannot_work():
         DreamerConfig(starts=0.5, replay_value=0.3)
     with pytest.raises(ValueError, match="mpc.elites"):
         MPCConfig(samples=8, elites=16)
+
+
+def test_probe_state_control_check_balances_with_lqr_and_scores_the_actor():
+    import envs
+    from experiments.probe_state import action_effect, balance_episode, cartpole_state, control_check, lqr_gain
+
+    gain = lqr_gain(2)
+    assert gain.shape == (1, 4) and gain[0, 1] < 0  # the cart is pushed the way the pole leans: the angle's sign
+    env = envs.make("dmc/cartpole-balance", pixels=False, proprio=True)
+    total, seen, actions = balance_episode(env, lambda p, first: np.clip(-cartpole_state(p) @ gain.T, -1, 1), seed=0)
+    assert total > 950 and seen.shape == (500, 5) and actions.shape == (500, 1)
+    np.testing.assert_allclose(cartpole_state(seen[:1])[0, 1], np.arctan2(seen[0, 2], seen[0, 1]))
+    agent = tiny_agent(action=1)  # untrained: its view of the state and its actions are noise
+    check = control_check(agent, agent.init(0), action_repeat=2, episodes=1, seed=0)
+    assert check["lqr_true_state"] > 950 and check["actor"] < 900
+    assert set(check) == {"lqr_true_state", "lqr_decoded_state", "actor", "actor_lqr_correlation"}
+    # One push's effect: the simulator's is the same at every balanced state, and pushing +1 tips the pole back.
+    effect = action_effect(agent.module("world_model", agent.init(0).world_model), action_repeat=2, points=2, samples=4)
+    assert len(effect["real_deg"]) == len(effect["model_deg"]) == 2 and np.isfinite(effect["model_deg"]).all()
+    assert -10 < effect["real_deg"][0] < -3 and abs(effect["real_deg"][1] - effect["real_deg"][0]) < 1
