@@ -49,10 +49,31 @@ def test_sequential_and_parallel_scans_agree_with_gradients(kind):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["ssm", "ssm-selective"])
+def test_ssm_timescale_bounds_the_memory_in_training_and_stepping_alike(kind):
+    from embodied.nn.ssm import DiagonalSSM
+
+    D, P, tau = 8, 16, 10.0
+    u = jax.random.normal(jax.random.key(0), (3, D))
+    magnitude = lambda layer: np.abs(np.asarray(layer._discretize(u)[0][0]) + 1j * np.asarray(layer._discretize(u)[0][1]))  # noqa: E731
+    bounded = DiagonalSSM(D, P, selective=kind == "ssm-selective", timescale=tau, rngs=nnx.Rngs(0))
+    free = DiagonalSSM(D, P, selective=kind == "ssm-selective", rngs=nnx.Rngs(0))
+    assert (magnitude(bounded) <= np.exp(-1 / tau) + 1e-6).all()
+    assert magnitude(free).max() > 0.99  # S5's initialisation remembers for hundreds of steps
+    # An impulse is forgotten: after 10 timescales the state holds at most e^-10 of it.
+    model = make_backbone(BackboneConfig(kind=kind, dim=D, layers=1, state=P, timescale=tau), rngs=nnx.Rngs(0))
+    x = jnp.zeros((1, 101, D)).at[0, 0].set(1.0)
+    _, carries = model.states(x, model.init_carry(1), jnp.zeros((1, 101), bool))
+    h = np.abs(np.asarray(carries[0][0]))
+    assert np.linalg.norm(h[100]) <= np.exp(-10) * np.linalg.norm(h[0]) * 1.01
+    with pytest.raises(ValueError, match="model.backbone.timescale=0 cannot work"):
+        BackboneConfig(timescale=0)
+
+
 @pytest.mark.parametrize("kind", sorted(BACKBONES))
 def test_sequence_then_step_equals_step_throughout(kind):
     B, T, D = 3, 12, 32
-    config = BackboneConfig(kind=kind, dim=D, layers=2, state=16, heads=4, context=8)
+    config = BackboneConfig(kind=kind, dim=D, layers=2, state=16, heads=4, context=8, timescale=6.0 if "ssm" in kind else None)
     model = make_backbone(config, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (B, T, D))
     reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 5].set(True).at[2, 9].set(True)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from embodied.config import require
 from embodied.nn.ssm import DiagonalSSM
 
 Kind = Literal["ssm", "ssm-selective", "gru", "transformer"]
@@ -48,6 +49,14 @@ class BackboneConfig:
     scan: Literal["auto", "parallel", "sequential"] = "auto"
     """How the SSM's recurrence runs over time in training: an associative scan (parallel), a loop
     (sequential), or auto: sequential on CPU, parallel on accelerators (embodied/nn/ssm.py)."""
+    timescale: float | None = None
+    """The SSMs' longest memory in steps: every state decays at least by exp(-1/timescale) per step.
+    None leaves it as trained (S5's initialisation spans about 20 to 2,000 steps). A model trained
+    on T-step sequences from a fresh carry and then run for a whole episode (an agent acting) sees
+    carries it never trained on unless its memory is well under T; T/4 forgets all but 2% in T."""
+
+    def __post_init__(self):
+        require(self, {"timescale": (self.timescale is None or self.timescale > 0, "None or > 0")}, prefix="model.backbone.")
 
 
 class MLP(nnx.Module):
@@ -65,7 +74,8 @@ class SSMBackbone(nnx.Module):
     def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
         selective = config.kind == "ssm-selective"
         self.norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
-        self.ssms = nnx.List([DiagonalSSM(config.dim, config.state, selective=selective, scan=config.scan, rngs=rngs) for _ in range(config.layers)])
+        self.ssms = nnx.List([DiagonalSSM(config.dim, config.state, selective=selective, scan=config.scan, timescale=config.timescale,
+                                          rngs=rngs) for _ in range(config.layers)])
         self.mlp_norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
         self.mlps = nnx.List([MLP(config.dim, 2 * config.dim, rngs) for _ in range(config.layers)])
 
