@@ -11,7 +11,8 @@ loses the state this way gives its actor a coarse view of it (README, the agent 
 For cartpole it then asks whether that view suffices to balance, and whether the actor
 uses it, on `dmc/cartpole-balance` (`--episodes` episodes each): an LQR controller,
 linearised at the upright pole, acting on the true state and on the decoded posterior
-mode; the run's actor (its mode); and, on the states of the actor's own episodes with
+mode; the run's actor (its mode), and the same with its backbone carry started afresh every
+training-sequence length (as long a history as training saw); and, on the states of the actor's own episodes with
 the pole within 20 degrees of upright, the correlation between the actor's action and
 LQR's. A latent that lets LQR balance under an actor that does not separates what the
 world model cannot hold from what the agent did not learn. Last, one action's effect: the
@@ -99,27 +100,31 @@ def balance_episode(env, choose, seed: int) -> tuple[float, np.ndarray, np.ndarr
             return total, np.stack(seen), np.stack(actions)
 
 
-def control_check(agent, state, action_repeat: int, episodes: int, seed: int) -> dict:
-    """Balance returns of LQR on the true and on the decoded state, and of the actor; the actor's
-    agreement with LQR near upright (module docstring)."""
+def control_check(agent, state, action_repeat: int, episodes: int, seed: int, reset_every: int = 64) -> dict:
+    """Balance returns of LQR on the true and on the decoded state, and of the actor, also with its
+    backbone carry started afresh every `reset_every` steps (the training sequence length: no older
+    history than training saw); the actor's agreement with LQR near upright (module docstring)."""
     model = agent.module("world_model", state.world_model)
     gain = lqr_gain(action_repeat)
     decode = jax.jit(lambda x: dist.symexp(model.decode(model.posterior_mode({"proprio": x}))["proprio"]))
     lqr = lambda proprio: np.clip(-cartpole_state(proprio) @ gain.T, -1.0, 1.0)  # noqa: E731
     act = jax.jit(lambda s, o, k: agent.policy(state, s, o, k, explore=False))
-    policy_state = [None]
+    policy_state, steps = [None], [0]
 
-    def actor(proprio, first):
+    def actor(proprio, first, reset_every=None):
         if first:
-            policy_state[0] = agent.init_policy(1)
-        obs = {"proprio": jnp.asarray(proprio)[None], "is_first": jnp.array([first])}
+            policy_state[0], steps[0] = agent.init_policy(1), 0
+        fresh = first or (reset_every is not None and steps[0] % reset_every == 0)
+        steps[0] += 1
+        obs = {"proprio": jnp.asarray(proprio)[None], "is_first": jnp.array([fresh])}
         action, policy_state[0] = act(policy_state[0], obs, jax.random.key(0))
         return action[0]
 
     env = envs.make("dmc/cartpole-balance", pixels=False, proprio=True, action_repeat=action_repeat)
     controllers = {"lqr_true_state": lambda p, first: lqr(p),
                    "lqr_decoded_state": lambda p, first: lqr(np.asarray(decode(jnp.asarray(p)[None]))[0]),
-                   "actor": actor}
+                   "actor": actor,
+                   "actor_reset": lambda p, first: actor(p, first, reset_every)}
     result, near = {}, []
     for name, choose in controllers.items():
         returns = []
@@ -216,11 +221,12 @@ def main(args: Args) -> dict:
         result["pole_angle_error_deg"] = {"median": float(np.median(error)), "p90": float(np.percentile(error, 90))}
         print(f"  pole angle error: median {np.median(error):.1f} degrees, 90th percentile {np.percentile(error, 90):.1f}")
         if args.episodes > 0:
-            check = control_check(agent, state, env.action_repeat, args.episodes, args.seed)
+            check = control_check(agent, state, env.action_repeat, args.episodes, args.seed, reset_every=config.length)
             result["control"] = check
             print(f"dmc/cartpole-balance, mean return of {args.episodes} episodes: LQR on the true state "
                   f"{check['lqr_true_state']:.0f}, LQR on the decoded posterior mode {check['lqr_decoded_state']:.0f}, "
-                  f"the actor {check['actor']:.0f}")
+                  f"the actor {check['actor']:.0f}, the actor with a fresh carry every {config.length} steps "
+                  f"{check['actor_reset']:.0f}")
             print(f"  near upright (within 20 degrees), correlation of the actor's action with LQR's: "
                   f"{check['actor_lqr_correlation']:.2f}")
             effect = action_effect(model, env.action_repeat, seed=args.seed)

@@ -292,7 +292,7 @@ def test_probe_state_control_check_balances_with_lqr_and_scores_the_actor():
     agent = tiny_agent(action=1)  # untrained: its view of the state and its actions are noise
     check = control_check(agent, agent.init(0), action_repeat=2, episodes=1, seed=0)
     assert check["lqr_true_state"] > 950 and check["actor"] < 900
-    assert set(check) == {"lqr_true_state", "lqr_decoded_state", "actor", "actor_lqr_correlation"}
+    assert set(check) == {"lqr_true_state", "lqr_decoded_state", "actor", "actor_reset", "actor_lqr_correlation"}
     # One push's effect: the simulator's is the same at every balanced state, and pushing +1 tips the pole back.
     effect = action_effect(agent.module("world_model", agent.init(0).world_model), action_repeat=2, points=2, samples=4)
     assert len(effect["real_deg"]) == len(effect["model_deg"]) == 2 and np.isfinite(effect["model_deg"]).all()
