@@ -111,10 +111,10 @@ def control_check(agent, state, action_repeat: int, episodes: int, seed: int, re
     act = jax.jit(lambda s, o, k: agent.policy(state, s, o, k, explore=False))
     policy_state, steps = [None], [0]
 
-    def actor(proprio, first, reset_every=None):
+    def actor(proprio, first, every=None):
         if first:
             policy_state[0], steps[0] = agent.init_policy(1), 0
-        fresh = first or (reset_every is not None and steps[0] % reset_every == 0)
+        fresh = first or (every is not None and steps[0] % every == 0)
         steps[0] += 1
         obs = {"proprio": jnp.asarray(proprio)[None], "is_first": jnp.array([fresh])}
         action, policy_state[0] = act(policy_state[0], obs, jax.random.key(0))
