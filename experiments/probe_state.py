@@ -216,8 +216,8 @@ def main(args: Args) -> dict:
     print(f"{task}, {args.steps} steps of the run's policy: per proprio dimension, spread (std) / RMS error of the decoded posterior mode")
     print("  " + "  ".join(f"{s:.3f} / {e:.3f}" for s, e in zip(result["spread"], result["rms_error"])))
     if task.startswith("dmc/cartpole"):  # observations: cart position, pole cos, pole sin, cart velocity, pole angular velocity
-        angle = lambda x: np.arctan2(x[:, 2], x[:, 1])  # noqa: E731
-        error = np.degrees(np.abs(np.angle(np.exp(1j * (angle(decoded) - angle(proprio))))))
+        difference = cartpole_state(decoded)[:, 1] - cartpole_state(proprio)[:, 1]
+        error = np.degrees(np.abs(np.angle(np.exp(1j * difference))))
         result["pole_angle_error_deg"] = {"median": float(np.median(error)), "p90": float(np.percentile(error, 90))}
         print(f"  pole angle error: median {np.median(error):.1f} degrees, 90th percentile {np.percentile(error, 90):.1f}")
         if args.episodes > 0:
