@@ -48,6 +48,17 @@ def from_dict(cls: type, values: dict) -> Any:
     return cls(**{name: _coerce(hints[name], value) for name, value in values.items()})
 
 
+def with_defaults(cls: type, record: dict) -> dict:
+    """A saved `to_dict` record of `cls` with every field added to `cls` since it was written set to
+    its default (a new field's default keeps the behaviour of the code before it), so that a run
+    saved by an older version compares equal to the same config now. A record that no longer
+    builds (a field removed since, a value no longer allowed) comes back as it was."""
+    try:
+        return to_dict(from_dict(cls, record))
+    except (TypeError, ValueError):
+        return record
+
+
 def _coerce(hint, value):
     if value is None:
         return None

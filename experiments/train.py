@@ -42,7 +42,7 @@ import tyro
 import envs
 from agents.dreamer import Dreamer
 from embodied.checkpoint import Checkpointer
-from embodied.config import from_dict, to_dict
+from embodied.config import from_dict, to_dict, with_defaults
 from embodied.driver import Driver, EpisodeStats, random_policy
 from embodied.logging import Logger, resident_memory_gib
 from embodied.parallel import data_parallel, initialize, make_mesh, shard_batch
@@ -316,10 +316,7 @@ def config_differences(saved: dict, config: Config) -> list[tuple[str, object, o
     """(field, saved value, value now) for each field of a checkpoint's config record that `config`
     changes. A field added to Config since the run started counts as its default, which keeps the
     behaviour of the code before it, so that upgrading Reverie does not block resuming a run."""
-    try:
-        saved = config_record(from_dict(Config, saved))
-    except (TypeError, ValueError):  # a field removed since, or a value no longer allowed: compare as saved
-        pass
+    saved = {name: value for name, value in with_defaults(Config, saved).items() if name not in RESUMABLE_CHANGES}
     return list(_differences(saved, config_record(config)))
 
 

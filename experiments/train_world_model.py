@@ -23,6 +23,7 @@ import tqdm
 import tyro
 
 from embodied.checkpoint import Checkpointer
+from embodied.config import with_defaults
 from embodied.logging import Logger
 from embodied.replay import Replay, ReplayConfig
 from embodied.worldmodel import OptimConfig, Spec, WorldModel, WorldModelConfig, init_state, make_optimizer, make_train_step
@@ -86,7 +87,7 @@ def train(args: Args) -> dict:
 
     checkpoints = Checkpointer(args.run / "checkpoints")
     meta = checkpoints.read_meta()
-    if meta is not None and meta["config"] != record:
+    if meta is not None and {**meta["config"], "model": with_defaults(WorldModelConfig, meta["config"]["model"])} != record:
         raise ValueError(
             f"The checkpoint in {args.run} was trained with another model or data layout:\n  checkpoint: {json.dumps(meta['config'])}\n"
             f"  this run:   {json.dumps(record)}\nUse another --run, or the same config and data."

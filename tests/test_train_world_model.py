@@ -63,6 +63,16 @@ def test_a_checkpoint_from_another_config_is_refused(data, tmp_path):
         train(args(data, run, updates=20, model=other))
 
 
+def test_a_run_saved_before_a_config_field_existed_resumes(data, tmp_path):
+    run = tmp_path / "run"
+    train(args(data, run, updates=10))
+    meta = run / "checkpoints" / "10" / "meta" / "metadata"
+    saved = json.loads(meta.read_text())
+    del saved["config"]["model"]["next_proprio"], saved["config"]["model"]["backbone"]["timescale"]  # as an older version wrote it
+    meta.write_text(json.dumps(saved))
+    assert train(args(data, run, updates=20))["step"] == 20
+
+
 def test_data_shorter_than_the_sequence_and_missing_data(data, tmp_path):
     with pytest.raises(ValueError, match="fewer than --length 500"):
         train(args(data, tmp_path / "run", length=500))
