@@ -166,6 +166,29 @@ def test_discrete_actions_train_and_act():
     assert action.shape == (2, 3) and np.all(action.sum(-1) == 1)
 
 
+@pytest.mark.parametrize("discrete", [False, True])
+def test_exploration_noise_perturbs_collected_actions_only(discrete):
+    """Collecting adds `explore_noise`; evaluation (the mode) is untouched, and noise of 10 puts
+    nearly every continuous action on the box edge, or for discrete actions makes them uniform."""
+    action = 3 if discrete else 2
+    quiet, noisy = tiny_agent(discrete, action=action), tiny_agent(discrete, action=action, explore_noise=10.0)
+    state = quiet.init(0)
+    obs = {"proprio": jnp.zeros((4000, 5)), "is_first": jnp.ones(4000, bool)}
+
+    def act(agent, explore):
+        return np.asarray(agent.policy(state, agent.init_policy(4000), obs, jax.random.key(1), explore=explore)[0])
+
+    np.testing.assert_array_equal(act(quiet, False), act(noisy, False))
+    if discrete:
+        counts = {name: np.bincount(act(agent, True).argmax(-1), minlength=3) / 4000 for name, agent in (("quiet", quiet), ("noisy", noisy))}
+        np.testing.assert_allclose(counts["noisy"], 1 / 3, atol=0.03)
+        assert np.abs(counts["quiet"] - 1 / 3).max() > 0.05, counts  # the untrained actor alone is not uniform
+        assert np.all(act(noisy, True).sum(-1) == 1)
+    else:
+        assert np.all(np.abs(act(noisy, True)) <= 1.0)
+        assert np.mean(np.abs(act(noisy, True)) == 1.0) > 0.9 > np.mean(np.abs(act(quiet, True)) == 1.0)
+
+
 def test_imagination_is_differentiable_in_the_actions_even_beyond_the_box():
     """What the backprop actor needs: gradients from imagined outcomes to earlier actions,
     through the backbone and the straight-through prior latents, also at a clipped action."""
@@ -275,6 +298,8 @@ def test_config_rejects_values_that_cannot_work():
         DreamerConfig(starts=0.0)
     with pytest.raises(ValueError, match="agent.replay_value=0.3 .* 0 unless starts is 1"):
         DreamerConfig(starts=0.5, replay_value=0.3)
+    with pytest.raises(ValueError, match="agent.explore_noise=-0.1 cannot work: it must be >= 0"):
+        DreamerConfig(explore_noise=-0.1)
     with pytest.raises(ValueError, match="mpc.elites"):
         MPCConfig(samples=8, elites=16)
 

@@ -227,4 +227,16 @@ class Dreamer:
             choose = lambda s, key: actor.sample(model.features(s.y, s.z), key)  # noqa: E731
         else:
             choose = lambda s, key: actor.mode(model.features(s.y, s.z))  # noqa: E731
+        if explore and self.config.explore_noise > 0:
+            choose = functools.partial(self._add_noise, choose)
         return model.act_step(policy_state, obs, obs["is_first"], choose, key)
+
+    def _add_noise(self, choose, s: ImagineState, key: jax.Array) -> jax.Array:
+        """`choose`'s action with `explore_noise`: Gaussian noise then the clip for continuous
+        actions, a uniform random action with that chance for discrete ones."""
+        choose_key, noise_key, pick_key = jax.random.split(key, 3)
+        action, amount = choose(s, choose_key), self.config.explore_noise
+        if not self.discrete:
+            return jnp.clip(action + amount * jax.random.normal(noise_key, action.shape), -1.0, 1.0)
+        uniform = jax.nn.one_hot(jax.random.randint(noise_key, action.shape[:-1], 0, action.shape[-1]), action.shape[-1])
+        return jnp.where(jax.random.uniform(pick_key, action.shape[:-1] + (1,)) < amount, uniform, action)

@@ -42,6 +42,12 @@ class DreamerConfig:
     step by the imagined return from it. 0 turns it off."""
     min_std: float = 0.1
     max_std: float = 1.0
+    explore_noise: float = 0.0
+    """Exploration while collecting (Dreamer v1's `expl_amount`): Gaussian noise of this standard
+    deviation added to each sampled continuous action before the clip, or for discrete actions the
+    chance of a uniform random one. Evaluation acts without it, and imagination never sees it. A
+    policy that acts almost deterministically fills the replay with actions its states predict,
+    and a world model trained on that replay learns little of what an action does (README)."""
     actor_optim: OptimConfig = OptimConfig(lr=3e-4, eps=1e-5, clip=100.0)
     critic_optim: OptimConfig = OptimConfig(lr=3e-4, eps=1e-5, clip=100.0)
 
@@ -59,4 +65,5 @@ class DreamerConfig:
             "return_decay": (0.0 <= self.return_decay < 1.0, "in [0, 1)"),
             "slow_critic_decay": (0.0 <= self.slow_critic_decay < 1.0, "in [0, 1)"),
             "min_std": (0.0 < self.min_std <= self.max_std, f"in (0, max_std={self.max_std}]"),
+            "explore_noise": (self.explore_noise >= 0.0, ">= 0"),
         }, prefix="agent.")
