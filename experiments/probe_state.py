@@ -141,11 +141,11 @@ def control_check(agent, state, action_repeat: int, episodes: int, seed: int, re
 
 
 def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, points: int = 8, samples: int = 64,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, push: float = 1.0) -> dict:
     """How far one action moves the pole `horizon` agent steps later, in the simulator and in the world
-    model: the pole angle after a push of +1 and then nothing, minus the angle after -1 and then nothing,
-    from the same state (imagination: the mean over `samples` rollouts from the episode so far), at
-    `points` states 20 agent steps apart of an LQR-balanced episode. Degrees, one per point."""
+    model: the pole angle after a push of +`push` and then nothing, minus the angle after -`push` and
+    then nothing, from the same state (imagination: the mean over `samples` rollouts from the episode
+    so far), at `points` states 20 agent steps apart of an LQR-balanced episode. Degrees, one per point."""
     from dm_control import suite
 
     env = suite.load("cartpole", "balance", task_kwargs={"random": seed})
@@ -161,7 +161,7 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
     @jax.jit
     def imagined(batch, key):
         start = jax.tree.map(lambda x: jnp.repeat(x, 2 * samples, 0), model.start(batch, key))
-        pushes = jnp.repeat(jnp.array([1.0, -1.0]), samples)
+        pushes = jnp.repeat(jnp.array([push, -push]), samples)
         actions = jnp.zeros((2 * samples, horizon, model.spec.action)).at[:, 0, 0].set(pushes)
         end = dist.symexp(model.decode(imagine(model, None, start, horizon, key, actions=actions).latents[:, -1])["proprio"])
         angle = jnp.arctan2(end[:, 2], end[:, 1]).reshape(2, samples).mean(1)
@@ -173,10 +173,10 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
         action = float(np.clip(-(gain @ cartpole_state(seen[-1]))[0], -1.0, 1.0))
         if t % 20 == 0:
             saved, ends = physics.get_state().copy(), []
-            for push in (1.0, -1.0):
+            for signed in (push, -push):
                 physics.set_state(saved)
                 physics.forward()
-                agent_step(push)
+                agent_step(signed)
                 for _ in range(horizon - 1):
                     agent_step(0.0)
                 ends.append(cartpole_state(observe())[1])
