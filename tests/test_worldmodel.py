@@ -12,7 +12,7 @@ from embodied.nn.conv import Decoder, Down, Encoder, depth_to_space, shifted_con
 from embodied.nn.ssm import SSMEigen
 from embodied.worldmodel.backbones import BackboneConfig
 from embodied.worldmodel.imagine import imagine
-from embodied.worldmodel.model import Spec, WorldModel, WorldModelConfig
+from embodied.worldmodel.model import ImagineState, Spec, WorldModel, WorldModelConfig
 from embodied.worldmodel.train import OptimConfig, decay_mask, init_state, make_optimizer, make_train_step, model_of, skipped_updates
 
 TINY = WorldModelConfig(backbone=BackboneConfig(dim=16, state=8, layers=1), depth=4, latent_vars=4, latent_classes=4, hidden=16, reward_bins=15)
@@ -239,6 +239,46 @@ def test_decoder_skip_draws_from_the_first_frame_until_an_episode_starts():
     from envs.dream import Dream
     with pytest.raises(ValueError, match="decoder_skip"):
         Dream(model, "latent")
+
+
+def test_two_frame_encoder_sees_the_previous_frame_within_episodes_and_acting_encodes_as_training_does():
+    model = WorldModel(dataclasses.replace(TINY, frames=2), SPEC, rngs=nnx.Rngs(0))
+    data = batch(T=6)
+    data["is_first"][:, 3] = True
+    other = {**data, "image": data["image"].copy()}
+    other["image"][:, 2] = 255 - other["image"][:, 2]  # o_2 is the previous frame of step 3 (an episode start) only
+    other["image"][:, 4] = 255 - other["image"][:, 4]  # o_4 is the previous frame of step 5
+    post = lambda d: np.asarray(model.encode(d, model.previous_frames(d)))  # noqa: E731
+    a, b = post(data), post(other)
+    changed = np.abs(a - b).max((0, 2, 3)) > 0
+    np.testing.assert_array_equal(changed, [False, False, True, False, True, True])
+    # Acting keeps the last frame: step by step it encodes each frame beside the one before it,
+    # exactly as training does, from the episode start at step 3 on as well.
+    B, key = 2, jax.random.key(3)
+    state = ImagineState(model.backbone.init_carry(B), jnp.zeros((B, 16)), jnp.zeros((B, 4, 4)), jnp.zeros((B, 16, 16, 3), jnp.uint8))
+    for t in range(6):
+        obs = {"image": jnp.asarray(data["image"][:, t]), "proprio": jnp.asarray(data["proprio"][:, t])}
+        step_key = jax.random.fold_in(key, t)
+        _, state = model.act_step(state, obs, jnp.asarray(data["is_first"][:, t]) | (t == 0), lambda s, k: jnp.zeros((B, 2)), step_key)
+        expected = jax.nn.one_hot(jax.random.categorical(jax.random.split(step_key)[0], a[:, t]), TINY.latent_classes)
+        np.testing.assert_array_equal(state.z, expected)
+        np.testing.assert_array_equal(state.frame, data["image"][:, t])
+    # Filtering a real episode (the dream environments' latent observations) does the same.
+    first = {k: jnp.asarray(v[:, :1]) for k, v in data.items()}
+    state = model.start(first, key)
+    for t in range(1, 3):
+        state = model.filter_step(state, jnp.asarray(data["action"][:, t - 1]), {k: jnp.asarray(data[k][:, t]) for k in ("image", "proprio")})
+        np.testing.assert_array_equal(state.z, jax.nn.one_hot(a[:, t].argmax(-1), TINY.latent_classes))
+    traj = imagine(model, None, state, 3, key, actions=jnp.zeros((2, 3, 2)))  # imagination carries the frame along
+    assert traj.latents.shape == (2, 3, 4, 4)
+    with pytest.raises(ValueError, match="previous="):
+        model.encode({k: v[:, 0] for k, v in data.items()})
+    with pytest.raises(ValueError, match="model.frames=3 cannot work.*1 or 2"):
+        dataclasses.replace(TINY, frames=3)
+    with pytest.raises(ValueError, match="model.frames=2 cannot work.*decoder_skip"):
+        dataclasses.replace(TINY, frames=2, decoder_skip=True)
+    with pytest.raises(ValueError, match="model.frames=2 stacks earlier image frames.*no images"):
+        WorldModel(dataclasses.replace(TINY, frames=2), Spec(image=None, proprio=3, action=2), rngs=nnx.Rngs(0))
 
 
 def test_probe_state_reports_the_decoded_posterior_modes_error_per_dimension():

@@ -97,13 +97,14 @@ class Up(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    """uint8 image (..., H, W, 3) -> features (..., F). H and W must divide by 2**len(mults)."""
+    """uint8 image (..., H, W, C) -> features (..., F). H and W must divide by 2**len(mults); C is
+    `channels` (3, or a multiple of 3 for frames stacked on the channel axis)."""
 
-    def __init__(self, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, rngs: nnx.Rngs):
+    def __init__(self, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, channels: int = 3, rngs: nnx.Rngs):
         scale = 2 ** len(mults)
         if size[0] % scale or size[1] % scale:
             raise ValueError(f"Image size {size} must divide by {scale} (2 ** number of conv layers).")
-        channels = [3] + [depth * m for m in mults]
+        channels = [channels] + [depth * m for m in mults]
         self.convs = nnx.List([Down(c_in, c_out, rngs=rngs) for c_in, c_out in zip(channels, channels[1:])])
         self.norms = nnx.List([nnx.LayerNorm(c, rngs=rngs) for c in channels[1:]])
         self.out_features = (size[0] // scale) * (size[1] // scale) * channels[-1]

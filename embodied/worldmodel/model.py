@@ -68,12 +68,22 @@ class WorldModelConfig:
     decoder_flow: bool = False
     """With `decoder_skip`: the real frame is warped by a predicted flow field before the mask
     composites it, so that moving parts are moved rather than redrawn."""
+    frames: int = 1
+    """Frames the encoder sees for each latent: 1, the frame o_t alone; 2, also the frame before it
+    (o_{t-1}, as 3 more input channels; at an episode's first step, o_t again). One frame shows
+    where things are but not how fast they move, so a latent of one frame leaves the backbone to
+    work velocities out from differences of quantised positions; two frames let z_t hold them.
+    Training takes o_{t-1} from the replayed sequence itself (at its first step, o_t again, as its
+    fresh carry treats it as an episode start), and acting keeps the last real frame in the policy
+    state. The decoder still draws o_t alone."""
 
     def __post_init__(self):
         require(self, {"decoder_flow": (self.decoder_skip or not self.decoder_flow,
                                         "False unless decoder_skip is True (the flow warps the frame the skip decoder draws from)"),
                        "proprio_scale": (self.proprio_scale >= 0.0, ">= 0"),
-                       "next_proprio": (self.next_proprio >= 0.0, ">= 0")},
+                       "next_proprio": (self.next_proprio >= 0.0, ">= 0"),
+                       "frames": (self.frames in (1, 2) and (self.frames == 1 or not self.decoder_skip),
+                                  "1 or 2, and 1 with decoder_skip (its skip input is one frame's encoding)")},
                 prefix="model.")
 
 
@@ -96,6 +106,10 @@ class ImagineState(NamedTuple):
     carry: object
     y: jax.Array
     z: jax.Array
+    frame: jax.Array | None = None
+    """The last real frame (B, H, W, 3) uint8 when the encoder also sees the previous frame
+    (`frames=2`): acting and filtering encode the next frame beside it. None otherwise;
+    imagination carries it along unchanged."""
 
 
 class Observation(NamedTuple):
@@ -117,8 +131,11 @@ class WorldModel(nnx.Module):
         V, K, D, Hd = config.latent_vars, config.latent_classes, config.backbone.dim, config.hidden
         self.latent = V * K
         enc_features = 0
+        if config.frames > 1 and spec.image is None:
+            raise ValueError(f"model.frames={config.frames} stacks earlier image frames for the encoder, but the data has "
+                             "no images: set it to 1 or add image observations.")
         if spec.image is not None:
-            self.encoder = Encoder(spec.image[:2], config.depth, config.mults, rngs=rngs)
+            self.encoder = Encoder(spec.image[:2], config.depth, config.mults, channels=3 * config.frames, rngs=rngs)
             self.decoder = Decoder(self.latent, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip,
                                    flow=config.decoder_flow, rngs=rngs)
             enc_features += self.encoder.out_features
@@ -148,19 +165,35 @@ class WorldModel(nnx.Module):
     def dtype(self):
         return self.in_proj.kernel.dtype
 
-    def encode(self, obs: dict) -> jax.Array:
-        """Posterior logits (..., V, K) of each frame on its own."""
+    def encode(self, obs: dict, previous: jax.Array | None = None) -> jax.Array:
+        """Posterior logits (..., V, K) of each frame on its own; with `frames=2`, of each frame
+        and `previous`, the frame before it (uint8, the image's shape)."""
         parts = []
         if self.spec.image is not None:
-            parts.append(self.encoder(obs["image"]))
+            image = obs["image"]
+            if self.config.frames == 2:
+                if previous is None:
+                    raise ValueError("This world model encodes each frame with the one before it (frames=2): "
+                                     "pass previous=, the earlier frame (the frame itself at an episode's start).")
+                image = jnp.concatenate([jnp.broadcast_to(previous, image.shape), image], -1)
+            parts.append(self.encoder(image))
         if self.spec.proprio is not None:
             parts.append(jax.nn.silu(self.proprio_in(dist.symlog(obs["proprio"]).astype(self.dtype))))
         logits = self.posterior(jnp.concatenate(parts, -1))
         return self._shape_latent(logits)
 
-    def posterior_mode(self, obs: dict) -> jax.Array:
-        """The most likely latent of each frame on its own, one-hot (..., V, K)."""
-        return jax.nn.one_hot(jnp.argmax(self.encode(obs), -1), self.config.latent_classes)
+    def posterior_mode(self, obs: dict, previous: jax.Array | None = None) -> jax.Array:
+        """The most likely latent of each frame on its own (and `previous`: `encode`), one-hot (..., V, K)."""
+        return jax.nn.one_hot(jnp.argmax(self.encode(obs, previous), -1), self.config.latent_classes)
+
+    def previous_frames(self, batch: dict) -> jax.Array | None:
+        """The frame before each step of real data [B, T] for `encode`: o_{t-1}, or o_t itself at
+        an episode's first step and at the sequence's first step. None unless `frames=2`."""
+        if self.config.frames == 1:
+            return None
+        image = batch["image"]
+        shifted = jnp.concatenate([image[:, :1], image[:, :-1]], 1)
+        return jnp.where(batch["is_first"][..., None, None, None], image, shifted)
 
     def _shape_latent(self, logits):
         logits = logits.reshape(*logits.shape[:-1], self.config.latent_vars, self.config.latent_classes)
@@ -215,7 +248,7 @@ class WorldModel(nnx.Module):
     def observe(self, batch: dict, key: jax.Array, carry=None) -> Observation:
         """Runs the backbone over real data [B, T] from `carry` (default: a fresh one)."""
         B = batch["action"].shape[0]
-        post = self.encode(batch)
+        post = self.encode(batch, self.previous_frames(batch))
         z = dist.sample_straight_through(key, post)
         carry = self.backbone.init_carry(B) if carry is None else carry
         y, carries = self.backbone.states(self.backbone_input(z, batch["action"]), carry, batch["is_first"])
@@ -282,7 +315,7 @@ class WorldModel(nnx.Module):
         y, carry = self.backbone.step(self.backbone_input(state.z, action), state.carry, reset)
         z = dist.sample_straight_through(key, self.prior_logits(y))
         reward_logits, cont_logits = self.heads(y, z)
-        return ImagineState(carry, y, z), dist.twohot_mean(reward_logits, self.bins[...]), jax.nn.sigmoid(cont_logits)
+        return ImagineState(carry, y, z, state.frame), dist.twohot_mean(reward_logits, self.bins[...]), jax.nn.sigmoid(cont_logits)
 
     def start(self, batch: dict, key: jax.Array) -> ImagineState:
         """The state after observing a context [B, C]: the carry through step C-2 and the posterior z_{C-1}.
@@ -296,8 +329,10 @@ class WorldModel(nnx.Module):
             observation = self.observe({k: v[:, :-1] for k, v in batch.items()}, key)
             carry = jax.tree.map(lambda c: c[:, -1], observation.carries)
             y_last = observation.y[:, -1]
-        z_last = self.posterior_mode({k: v[:, -1] for k, v in batch.items()})
-        return ImagineState(carry, y_last, z_last)
+        last = {k: v[:, -1] for k, v in batch.items()}
+        previous = self.previous_frames(batch)
+        z_last = self.posterior_mode(last, None if previous is None else previous[:, -1])
+        return ImagineState(carry, y_last, z_last, last["image"] if self.config.frames == 2 else None)
 
     def filter_step(self, state: ImagineState, action: jax.Array, obs: dict) -> ImagineState:
         """Follows real data one step: [z_t, a_t] through the backbone, then z_{t+1} the posterior
@@ -305,8 +340,8 @@ class WorldModel(nnx.Module):
         episode the latent features a policy sees in the dream (`envs.dream.LatentObservation`)."""
         reset = jnp.zeros(action.shape[:1], bool)
         y, carry = self.backbone.step(self.backbone_input(state.z, action), state.carry, reset)
-        z = self.posterior_mode(obs)
-        return ImagineState(carry, y, z)
+        z = self.posterior_mode(obs, state.frame)
+        return ImagineState(carry, y, z, obs["image"] if self.config.frames == 2 else None)
 
     def starts(self, batch: dict, observation: Observation) -> ImagineState:
         """An imagination state at every step of real data, leaves (B, T, ...), gradients stopped.
@@ -338,7 +373,15 @@ class WorldModel(nnx.Module):
         fresh = self.backbone.init_carry(B)
         carry = jax.tree.map(lambda f, c: jnp.where(is_first.reshape(B, *[1] * (c.ndim - 1)), f, c), fresh, state.carry)
         y_prev = jnp.where(is_first[:, None], 0.0, state.y)
-        z = jax.nn.one_hot(jax.random.categorical(latent_key, self.encode(obs)), self.config.latent_classes)
+        frame = None
+        if self.config.frames == 2:
+            if state.frame is None:
+                raise ValueError("This world model encodes each frame with the one before it (frames=2): the policy "
+                                 "state must hold the last frame; start it with `init_policy`.")
+            previous = jnp.where(is_first[:, None, None, None], obs["image"], state.frame)
+            frame = obs["image"]
+        z = jax.nn.one_hot(jax.random.categorical(latent_key, self.encode(obs, None if frame is None else previous)),
+                           self.config.latent_classes)
         action = policy(ImagineState(carry, y_prev, z), policy_key)
         y, carry = self.backbone.step(self.backbone_input(z, action), carry, jnp.zeros((B,), bool))
-        return action, ImagineState(carry, y, z)
+        return action, ImagineState(carry, y, z, frame)
