@@ -12,7 +12,7 @@ from embodied.nn.conv import Decoder, Down, Encoder, depth_to_space, shifted_con
 from embodied.nn.ssm import SSMEigen
 from embodied.worldmodel.backbones import BackboneConfig
 from embodied.worldmodel.imagine import imagine
-from embodied.worldmodel.model import ImagineState, Spec, WorldModel, WorldModelConfig
+from embodied.worldmodel.model import Spec, WorldModel, WorldModelConfig
 from embodied.worldmodel.train import OptimConfig, decay_mask, init_state, make_optimizer, make_train_step, model_of, skipped_updates
 
 TINY = WorldModelConfig(backbone=BackboneConfig(dim=16, state=8, layers=1), depth=4, latent_vars=4, latent_classes=4, hidden=16, reward_bins=15)
@@ -255,7 +255,7 @@ def test_two_frame_encoder_sees_the_previous_frame_within_episodes_and_acting_en
     # Acting keeps the last frame: step by step it encodes each frame beside the one before it,
     # exactly as training does, from the episode start at step 3 on as well.
     B, key = 2, jax.random.key(3)
-    state = ImagineState(model.backbone.init_carry(B), jnp.zeros((B, 16)), jnp.zeros((B, 4, 4)), jnp.zeros((B, 16, 16, 3), jnp.uint8))
+    state = model.initial_state(B)
     for t in range(6):
         obs = {"image": jnp.asarray(data["image"][:, t]), "proprio": jnp.asarray(data["proprio"][:, t])}
         step_key = jax.random.fold_in(key, t)

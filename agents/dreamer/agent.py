@@ -207,10 +207,7 @@ class Dreamer:
     # Acting.
 
     def init_policy(self, batch: int) -> ImagineState:
-        c = self.model_config
-        carry = self._abstract["world_model"].backbone.init_carry(batch)
-        frame = jnp.zeros((batch, *self.spec.image), jnp.uint8) if c.frames == 2 else None  # the last frame seen
-        return ImagineState(carry, jnp.zeros((batch, c.backbone.dim)), jnp.zeros((batch, c.latent_vars, c.latent_classes)), frame)
+        return self._abstract["world_model"].initial_state(batch)
 
     def policy(self, state: DreamerState, policy_state: ImagineState, obs: dict, key: jax.Array,
                explore: bool = True, planner: MPCConfig | None = None) -> tuple[jax.Array, ImagineState]:

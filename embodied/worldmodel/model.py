@@ -360,6 +360,13 @@ class WorldModel(nnx.Module):
         y = jnp.where(first[..., None], 0.0, y)
         return jax.lax.stop_gradient(ImagineState(carry, y, observation.z))
 
+    def initial_state(self, batch: int) -> ImagineState:
+        """A state for `act_step` to start from (its first step's `is_first` replaces all of it but the shapes)."""
+        c = self.config
+        frame = jnp.zeros((batch, *self.spec.image), jnp.uint8) if c.frames == 2 else None
+        return ImagineState(self.backbone.init_carry(batch), jnp.zeros((batch, c.backbone.dim)),
+                            jnp.zeros((batch, c.latent_vars, c.latent_classes)), frame)
+
     def act_step(self, state: ImagineState, obs: dict, is_first: jax.Array, policy, key: jax.Array):
         """Acting in the real world: (carry, y_{t-1}) and observation o_t -> action a_t and the next state.
 
