@@ -81,6 +81,25 @@ class Driver:
             self._last = self._terminated | np.asarray(truncated, bool)
         return finished
 
+    def flush(self, save: Callable[[dict], None]) -> int:
+        """Ends every episode in progress where it stands, as a truncation (the last observation
+        is marked is_last, not terminal), and passes each with two or more steps to `save`; for a
+        run that stops, so that the steps it collected reach the replay. The environments are
+        reset before the next `step`. Returns the number of episodes saved."""
+        saved = 0
+        if self._obs is None:
+            return saved
+        for i, buffer in enumerate(self._buffers):
+            if not buffer:
+                continue
+            step = {k: v[i] for k, v in self._obs.items()}
+            step.update(action=np.zeros(self._action_shape, np.float32), reward=self._reward[i], is_first=self._is_first[i],
+                        is_last=True, is_terminal=self._terminated[i])
+            save({k: np.stack([s[k] for s in buffer + [step]]) for k in step})  # (a buffer is empty when the step is a reset's)
+            saved += 1
+        self._obs, self._buffers = None, [[] for _ in range(self.envs.num_envs)]
+        return saved
+
     def _finish(self, worker: int) -> None:
         steps, self._buffers[worker] = self._buffers[worker], []
         episode = {k: np.stack([s[k] for s in steps]) for k in steps[0]}

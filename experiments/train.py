@@ -10,7 +10,8 @@ Running the same command again resumes from the newest checkpoint: the agent
 state (parameters, optimiser moments, normalisers), step counters, update
 debt, the sampler's and the policy's random state. The replay is reloaded
 from disk up to its capacity, never twice; episodes finished after the last
-checkpoint are kept. A SIGTERM or Ctrl-C writes a checkpoint before exiting.
+checkpoint are kept. A SIGTERM or Ctrl-C writes the episodes in progress to the
+replay, cut where they stand (as truncations), and a checkpoint, before exiting.
 
 Several hosts: start the same command on each with JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES and JAX_PROCESS_ID set (`embodied.parallel.initialize`).
@@ -304,6 +305,7 @@ def train(config: Config) -> dict:
     finally:
         bar.close()
         signal.signal(signal.SIGTERM, previous_handler)
+        driver.flush(replay.add)  # the episodes in progress reach the replay on disk, cut where they stand
         if counters["env_steps"] not in checkpoints.steps():
             save()
         checkpoints.close()

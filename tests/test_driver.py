@@ -27,6 +27,26 @@ def test_gymnasium_flags_map_to_replay_flags_on_truncation():
         assert np.isclose(stats.score, episode["reward"].sum())
 
 
+def test_flush_saves_the_episodes_in_progress_as_truncations_and_the_next_step_resets():
+    vector = envs.make_vector("dmc/cartpole-swingup", 2, asynchronous=False, pixels=False, time_limit=5)
+    finished, flushed = [], []
+    driver = Driver(vector, lambda episode, stats: finished.append(episode))
+    driver.reset(seed=0)
+    policy = random_policy(vector.single_action_space, seed=0)
+    driver.step(policy, 9)  # 6 records finish each worker's first episode; 3 more are in progress
+    assert len(finished) == 2
+    assert driver.flush(flushed.append) == 2
+    for episode in flushed:
+        assert len(episode["reward"]) == 4  # the 3 recorded steps and the observation they led to
+        np.testing.assert_array_equal(episode["is_first"], [1, 0, 0, 0])
+        np.testing.assert_array_equal(episode["is_last"], [0, 0, 0, 1])
+        assert not episode["is_terminal"].any()
+        np.testing.assert_array_equal(episode["action"][-1], 0.0)
+    assert driver.flush(flushed.append) == 0  # nothing is saved twice
+    driver.step(policy, 6)  # a fresh reset, then whole episodes again
+    assert len(finished) == 4 and all(len(e["reward"]) == 6 for e in finished)
+
+
 def test_termination_is_marked_terminal():
     vector = envs.make_vector("gym/InvertedPendulum-v5", 1, asynchronous=False, pixels=False)
     episode, _ = collect(vector, 200)[0]

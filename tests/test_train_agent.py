@@ -34,6 +34,9 @@ def test_losses_are_finite_and_fall(run):
     assert out["updates"] > 50 and out["train/skipped"] == 0
     assert 0.1 < trained[-1]["host/rss_gib"] < 20  # host memory is logged with every window
     assert (run / "checkpoints" / "400").is_dir() and (run / "config.json").is_file()
+    # 200 agent steps, all inside one unfinished 500-step episode: the stop writes it to the
+    # replay, cut where it stands, so the resume below trains on every step collected so far.
+    assert sum(int(p.stem.split("-")[-1]) for p in (run / "replay").glob("*.npz")) >= 200
 
 
 def test_resume_continues_the_counters_and_keeps_the_replay_once(run):
