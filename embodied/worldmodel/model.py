@@ -75,7 +75,9 @@ class WorldModelConfig:
     work velocities out from differences of quantised positions; two frames let z_t hold them.
     Training takes o_{t-1} from the replayed sequence itself (at its first step, o_t again, as its
     fresh carry treats it as an episode start), and acting keeps the last real frame in the policy
-    state. The decoder still draws o_t alone."""
+    state. The decoder still draws o_t alone, so no loss asks z_t to hold a velocity: on cartpole
+    balance from pixels it did not (`experiments.probe_features`, README), and the return moved
+    within one seed's noise."""
 
     def __post_init__(self):
         require(self, {"decoder_flow": (self.decoder_skip or not self.decoder_flow,
