@@ -382,15 +382,14 @@ class WorldModel(nnx.Module):
         fresh = self.backbone.init_carry(B)
         carry = jax.tree.map(lambda f, c: jnp.where(is_first.reshape(B, *[1] * (c.ndim - 1)), f, c), fresh, state.carry)
         y_prev = jnp.where(is_first[:, None], 0.0, state.y)
-        frame = None
+        previous = frame = None
         if self.config.frames == 2:
             if state.frame is None:
                 raise ValueError("This world model encodes each frame with the one before it (frames=2): the policy "
-                                 "state must hold the last frame; start it with `init_policy`.")
+                                 "state must hold the last frame; start it with `initial_state`.")
             previous = jnp.where(is_first[:, None, None, None], obs["image"], state.frame)
             frame = obs["image"]
-        z = jax.nn.one_hot(jax.random.categorical(latent_key, self.encode(obs, None if frame is None else previous)),
-                           self.config.latent_classes)
+        z = jax.nn.one_hot(jax.random.categorical(latent_key, self.encode(obs, previous)), self.config.latent_classes)
         action = policy(ImagineState(carry, y_prev, z), policy_key)
         y, carry = self.backbone.step(self.backbone_input(z, action), carry, jnp.zeros((B,), bool))
         return action, ImagineState(carry, y, z, frame)
