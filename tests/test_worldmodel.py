@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from embodied.nn import distributions as dist
-from embodied.nn.conv import Decoder, Down, Encoder, depth_to_space, shifted_conv, space_to_depth, warp
+from embodied.nn.conv import Decoder, Down, Encoder, Patch, Up, depth_to_space, shifted_conv, space_to_depth, warp
 from embodied.nn.ssm import SSMEigen
 from embodied.worldmodel.backbones import BackboneConfig
 from embodied.worldmodel.imagine import imagine
@@ -53,6 +53,28 @@ def test_matmul_convolutions_equal_xla_convolutions():
     np.testing.assert_array_equal(depth_to_space(space_to_depth(x)), x)
 
 
+def test_patch_embedding_is_a_stride_4_convolution_and_the_patch_4_model_keeps_the_resolutions():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 12, 3))
+    kernel = jax.random.normal(jax.random.key(1), (4, 4, 3, 5))
+    expected = jax.lax.conv_general_dilated(x, kernel, (4, 4), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    patch = Patch(3, 5, rngs=nnx.Rngs(0))
+    patch.kernel[...] = kernel.reshape(1, 1, 48, 5)  # space_to_depth's channel order is the kernel's (dy, dx, c)
+    np.testing.assert_allclose(patch(space_to_depth(x, 4)), expected, atol=1e-4)
+    np.testing.assert_array_equal(depth_to_space(space_to_depth(x, 4), 4), x)
+    assert Up(5, 3, 4, rngs=nnx.Rngs(0))(expected).shape == (2, 8, 12, 3)
+
+    # The same features and the same frame size as the stride-2 layout, with two layers fewer on each side.
+    frame = jax.random.randint(jax.random.key(2), (3, 32, 32, 3), 0, 255).astype(jnp.uint8)
+    two, four = (Encoder((32, 32), 4, (1, 2, 4), patch=p, rngs=nnx.Rngs(0)) for p in (2, 4))
+    assert two(frame).shape == four(frame).shape == (3, 4 * 4 * 16) and (len(two.convs), len(four.convs)) == (3, 2)
+    assert [level.shape[1] for level in four.pyramid(frame)] == [32, 8, 4]
+    assert Decoder(8, (32, 32), 4, (1, 2, 4), patch=4, rngs=nnx.Rngs(0))(jnp.zeros((3, 8))).shape == (3, 32, 32, 3)
+    with pytest.raises(ValueError, match="patch=4 with mults=\\(1,\\)"):
+        Encoder((32, 32), 4, (1,), patch=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.patch=3 cannot work"):
+        dataclasses.replace(TINY, patch=3)
+
+
 def test_warp_moves_pixels_by_whole_and_half_pixels_and_clamps_at_the_border():
     image = jax.random.uniform(jax.random.key(0), (2, 6, 7, 3))
     right = jnp.zeros((2, 6, 7, 2)).at[..., 0].set(1.0)  # out[y, x] = image[y, x + 1]
@@ -67,23 +89,25 @@ def test_warp_moves_pixels_by_whole_and_half_pixels_and_clamps_at_the_border():
     np.testing.assert_allclose(grad[0, 2, 3], [1.0, 0.0], atol=1e-6)
 
 
-def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder():
-    encoder = Encoder((16, 16), 4, (1, 2), rngs=nnx.Rngs(0))
-    decoder = Decoder(8, (16, 16), 4, (1, 2), skip=True, flow=True, rngs=nnx.Rngs(1))
-    last = decoder.convs[-1].kernel[...].reshape(3, 3, -1, 4, 6)
+@pytest.mark.parametrize("patch", [2, 4])
+def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder(patch):
+    groups = patch**2  # the last layer's sub-pixel groups
+    encoder = Encoder((16, 16), 4, (1, 2), patch=patch, rngs=nnx.Rngs(0))
+    decoder = Decoder(8, (16, 16), 4, (1, 2), skip=True, flow=True, patch=patch, rngs=nnx.Rngs(1))
+    last = decoder.convs[-1].kernel[...].reshape(3, 3, -1, groups, 6)
     assert np.abs(last[..., 4:]).max() == 0 and np.abs(last[..., :4]).max() > 0
     frame = jax.random.randint(jax.random.key(2), (3, 16, 16, 3), 0, 255).astype(jnp.uint8)
-    plain = Decoder(8, (16, 16), 4, (1, 2), skip=True, rngs=nnx.Rngs(1))
+    plain = Decoder(8, (16, 16), 4, (1, 2), skip=True, patch=patch, rngs=nnx.Rngs(1))
     # Zero flow: the warp is the identity, so it draws what the skip decoder with the same other weights draws.
-    kernel = plain.convs[-1].kernel[...].reshape(3, 3, -1, 4, 4)
+    kernel = plain.convs[-1].kernel[...].reshape(3, 3, -1, groups, 4)
     decoder.convs[-1].kernel[...] = jnp.concatenate([kernel, last[..., 4:]], -1).reshape(decoder.convs[-1].kernel.shape)
-    decoder.convs[-1].bias[...] = jnp.concatenate([plain.convs[-1].bias[...].reshape(4, 4), jnp.zeros((4, 2))], -1).reshape(-1)
+    decoder.convs[-1].bias[...] = jnp.concatenate([plain.convs[-1].bias[...].reshape(groups, 4), jnp.zeros((groups, 2))], -1).reshape(-1)
     features = jax.random.normal(jax.random.key(3), (3, 8))
     np.testing.assert_allclose(decoder(features, encoder.pyramid(frame)), plain(features, encoder.pyramid(frame)), atol=1e-5)
 
     # The flow learns from the start: its weights get a gradient at zero.
     grads = nnx.grad(lambda d: (d(features, encoder.pyramid(frame)) ** 2).sum())(decoder)
-    grad = grads["convs"][len(decoder.convs) - 1]["kernel"][...].reshape(3, 3, -1, 4, 6)
+    grad = grads["convs"][len(decoder.convs) - 1]["kernel"][...].reshape(3, 3, -1, groups, 6)
     assert (np.abs(grad[..., 4:]).sum((0, 1, 2)) > 0).all()
     with pytest.raises(ValueError, match="skip=True"):
         Decoder(8, (16, 16), 4, (1, 2), flow=True, rngs=nnx.Rngs(1))
@@ -91,9 +115,10 @@ def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder():
         dataclasses.replace(TINY, decoder_flow=True)
 
 
-@pytest.mark.parametrize("decoder", ["plain", "skip", "flow"])
+@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "patch4"])
 def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
-    config = dataclasses.replace(TINY, decoder_skip=decoder != "plain", decoder_flow=decoder == "flow")
+    config = dataclasses.replace(TINY, decoder_skip=decoder in ("skip", "flow"), decoder_flow=decoder == "flow",
+                                 patch=4 if decoder == "patch4" else 2)
     model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
