@@ -9,7 +9,7 @@ model) and the whole agent step, frames/s, medians of `repeats`. On CPU the
 forced devices share the same cores, so this measures the overhead of
 partitioning, not a speed-up; on GPUs it measures the speed-up. Two more tables
 compare compute dtypes and the fraction of replayed steps imagination starts from,
-on one device.
+on one device, and so does a table of the encoder's first stride.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class Args:
     """Compute dtypes compared on one device at the global batch (`--compute-dtype` of the train scripts)."""
     starts: tuple[float, ...] = (1.0, 0.25)
     """Fractions of replayed steps imagination starts from (`--agent.starts`), compared on one device."""
+    patches: tuple[int, ...] = (2, 4)
+    """The encoder's first strides (`--model.patch`) compared on one device, at the last of `starts`."""
 
 
 def fake_batch(B: int, T: int, size: int, rng) -> dict:
@@ -71,10 +73,11 @@ def frames_per_second(agent: Dreamer, devices: int, B: int, T: int, repeats: int
     return B * T / statistics.median(seconds for seconds, _ in timings(update, repeats))
 
 
-def make_agent(preset: str, compute_dtype: str = "float32", starts: float | None = None) -> Dreamer:
+def make_agent(preset: str, compute_dtype: str = "float32", starts: float | None = None, patch: int | None = None) -> Dreamer:
     config = PRESETS[preset]
     agent = config.agent if starts is None else dataclasses.replace(config.agent, starts=starts)
-    return Dreamer(Spec(image=(64, 64, 3), proprio=None, action=1), config.model, agent, config.model_optim,
+    model = config.model if patch is None else dataclasses.replace(config.model, patch=patch)
+    return Dreamer(Spec(image=(64, 64, 3), proprio=None, action=1), model, agent, config.model_optim,
                    compute_dtype=compute_dtype)
 
 
@@ -102,6 +105,15 @@ def main(args: Args) -> None:
         first = rates[args.starts[0]]
         print(f"\nImagination starts (--agent.starts), 1 device, batch {args.batch}; frames/s, median of {args.repeats}")
         print(table(["starts", "frames/s", f"vs {args.starts[0]}"], [[f, f"{r:,.0f}", f"{r / first:.2f}x"] for f, r in rates.items()]))
+    if args.patches:
+        starts = args.starts[-1] if args.starts else None
+        agents = {p: make_agent(args.preset, starts=starts, patch=p) for p in args.patches}
+        rates = {p: frames_per_second(agent, 1, args.batch, args.length, args.repeats) for p, agent in agents.items()}
+        first = rates[args.patches[0]]
+        print(f"\nEncoder's first stride (--model.patch), 1 device, batch {args.batch}, starts {starts}; frames/s, median of {args.repeats}")
+        print(table(["patch", "world-model params", "frames/s", f"vs {args.patches[0]}"],
+                    [[p, f"{agents[p].parameter_counts(agents[p].init(0))['world_model']:,}", f"{r:,.0f}", f"{r / first:.2f}x"]
+                     for p, r in rates.items()]))
 
 
 if __name__ == "__main__":

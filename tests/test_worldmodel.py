@@ -298,6 +298,24 @@ def test_two_frame_encoder_sees_the_previous_frame_within_episodes_and_acting_en
     assert traj.latents.shape == (2, 3, 4, 4)
     with pytest.raises(ValueError, match="previous="):
         model.encode({k: v[:, 0] for k, v in data.items()})
+
+
+def test_decode_previous_draws_the_frame_before_from_z_and_adds_its_loss():
+    model = WorldModel(dataclasses.replace(TINY, frames=2, decode_previous=True, patch=4), SPEC, rngs=nnx.Rngs(0))
+    data = batch(T=6)
+    data["is_first"][:, 3] = True
+    z = jax.nn.one_hot(jax.random.randint(jax.random.key(0), (2, 6, TINY.latent_vars), 0, TINY.latent_classes), TINY.latent_classes)
+    drawn = model.decode(z)
+    assert drawn["image"].shape == drawn["previous_image"].shape == (2, 6, 16, 16, 3)
+    observation = model.observe(data, jax.random.key(1))
+    loss, metrics = model.loss_of(data, observation)
+    previous = (np.asarray(model.previous_frames(data)) / 255.0 - 0.5).astype(np.float32)
+    recon = model.decode(observation.z)["previous_image"]
+    expected = ((np.asarray(recon) - previous) ** 2).sum((-3, -2, -1)).mean()
+    np.testing.assert_allclose(metrics["previous_image_loss"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(previous[:, 3], (data["image"][:, 3] / 255.0 - 0.5).astype(np.float32))  # o_3 itself at an episode start
+    with pytest.raises(ValueError, match="model.decode_previous=True cannot work"):
+        dataclasses.replace(TINY, decode_previous=True)
     with pytest.raises(ValueError, match="model.frames=3 cannot work.*1 or 2"):
         dataclasses.replace(TINY, frames=3)
     with pytest.raises(ValueError, match="model.frames=2 cannot work.*decoder_skip"):

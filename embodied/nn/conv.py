@@ -188,16 +188,19 @@ class Decoder(nnx.Module):
     """Pixels of flow per unit of the last layer's output."""
 
     def __init__(self, features: int, size: tuple[int, int], depth: int, mults: tuple[int, ...], *, skip: bool = False,
-                 flow: bool = False, patch: int = 2, rngs: nnx.Rngs):
+                 flow: bool = False, patch: int = 2, colours: int = 3, rngs: nnx.Rngs):
         """`patch`: the last layer's upsampling factor, the encoder's first stride (with 4, it draws
-        4x4 pixel patches in place of the last two layers)."""
+        4x4 pixel patches in place of the last two layers). `colours`: output channels, 3, or a
+        multiple of 3 for frames drawn side by side on the channel axis (not with `skip`)."""
         check_patch(patch, mults)
         if flow and not skip:
             raise ValueError("A flow decoder warps the real frame it draws from: it needs skip=True.")
+        if colours % 3 or (skip and colours != 3):
+            raise ValueError(f"colours={colours}: a decoder draws 3 channels per frame, and a skip decoder one frame.")
         scale = 2 ** len(mults)
         self.start = (size[0] // scale, size[1] // scale, depth * mults[-1])
         self.proj = nnx.Linear(features, self.start[0] * self.start[1] * self.start[2], rngs=rngs)
-        out = 3 + skip + 2 * flow  # rgb, the copy mask, the flow (x, y)
+        out = colours + skip + 2 * flow  # rgb, the copy mask, the flow (x, y)
         channels = [depth * m for m in reversed(mults[patch // 2 - 1:])] + [out]
         factors = [2] * (len(channels) - 2) + [patch]
         self.skip, self.flow = skip, flow

@@ -85,6 +85,10 @@ class WorldModelConfig:
     state. The decoder still draws o_t alone, so no loss asks z_t to hold a velocity: on cartpole
     balance from pixels it did not (`experiments.probe_features`, README), and the return moved
     within one seed's noise."""
+    decode_previous: bool = False
+    """With `frames=2`: the decoder draws o_{t-1} from z_t as well as o_t (6 output channels, both
+    reconstruction losses summed), so that z_t must hold both frames' positions and with them
+    the velocities, which one frame cannot show. Decoding for users still returns o_t."""
 
     def __post_init__(self):
         require(self, {"decoder_flow": (self.decoder_skip or not self.decoder_flow,
@@ -94,7 +98,9 @@ class WorldModelConfig:
                        "patch": (self.patch in (2, 4) and (self.patch == 2 or len(self.mults) >= 2),
                                  "2 or 4, and 4 needs at least two mults (it takes the place of the first two layers)"),
                        "frames": (self.frames in (1, 2) and (self.frames == 1 or not self.decoder_skip),
-                                  "1 or 2, and 1 with decoder_skip (its skip input is one frame's encoding)")},
+                                  "1 or 2, and 1 with decoder_skip (its skip input is one frame's encoding)"),
+                       "decode_previous": (self.frames == 2 or not self.decode_previous,
+                                           "False unless frames is 2 (the previous frame is the encoder's second input)")},
                 prefix="model.")
 
 
@@ -149,7 +155,8 @@ class WorldModel(nnx.Module):
             self.encoder = Encoder(spec.image[:2], config.depth, config.mults, channels=3 * config.frames,
                                    patch=config.patch, rngs=rngs)
             self.decoder = Decoder(self.latent, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip,
-                                   flow=config.decoder_flow, patch=config.patch, rngs=rngs)
+                                   flow=config.decoder_flow, patch=config.patch, colours=3 * (1 + config.decode_previous),
+                                   rngs=rngs)
             enc_features += self.encoder.out_features
         if spec.proprio is not None:
             self.proprio_in = nnx.Linear(spec.proprio, Hd, rngs=rngs)
@@ -235,7 +242,10 @@ class WorldModel(nnx.Module):
         flat = z.reshape(*z.shape[:-2], -1).astype(self.dtype)
         out = {}
         if self.spec.image is not None:
-            out["image"] = self.decoder(flat, self._context_pyramid(context, keep))
+            image = self.decoder(flat, self._context_pyramid(context, keep))
+            out["image"] = image[..., -3:]
+            if self.config.decode_previous:  # drawn before o_t, as the encoder takes them
+                out["previous_image"] = image[..., :3]
         if self.spec.proprio is not None:
             out["proprio"] = self.proprio_out(flat)
         return out
@@ -278,10 +288,13 @@ class WorldModel(nnx.Module):
         recon = self.reconstruct(batch, z)
         loss = 0.0
         if "image" in recon:
-            target = batch["image"].astype(jnp.float32) / 255.0 - 0.5
-            image_loss = ((recon["image"] - target) ** 2).sum((-3, -2, -1)).mean()
+            image_error = lambda drawn, frame: ((drawn - (frame.astype(jnp.float32) / 255.0 - 0.5)) ** 2).sum((-3, -2, -1)).mean()  # noqa: E731
+            image_loss = image_error(recon["image"], batch["image"])
             metrics["image_loss"] = image_loss
             loss += image_loss
+            if "previous_image" in recon:
+                metrics["previous_image_loss"] = image_error(recon["previous_image"], self.previous_frames(batch))
+                loss += metrics["previous_image_loss"]
         if "proprio" in recon:
             proprio_loss = ((recon["proprio"] - dist.symlog(batch["proprio"])) ** 2).sum(-1).mean()
             metrics["proprio_loss"] = proprio_loss
