@@ -37,8 +37,9 @@ def shifted_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     k = kernel.shape[0]
     H, W = x.shape[1] - k + 1, x.shape[2] - k + 1
     columns = jnp.concatenate([x[:, dy : dy + H, dx : dx + W, :] for dy in range(k) for dx in range(k)], -1)
-    # A 2-D matmul: XLA's CPU backend runs the kernel's gradient, a contraction over the three
-    # leading axes at once, 2x slower than over one (measured on the 64x64 decoder's last layer).
+    # A 2-D matmul: XLA's CPU backend ran the kernel's gradient, a contraction over three leading
+    # axes at once, slower than over one (a factor-4 upsampling layer at 16x16x8, 1,024 frames,
+    # forward and backward: 265 against 131 ms).
     out = columns.reshape(-1, columns.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1])
     return out.reshape(*columns.shape[:-1], -1)
 
