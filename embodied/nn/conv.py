@@ -157,7 +157,8 @@ class Encoder(nnx.Module):
         return x.reshape(*x.shape[:-3], -1)
 
     def pyramid(self, image: jax.Array) -> list[jax.Array]:
-        """The image in [-0.5, 0.5] and every layer's output, finest first: (..., H/2^i, W/2^i, C_i)."""
+        """The image in [-0.5, 0.5] and every layer's output, finest first: (..., H/s_i, W/s_i, C_i), s_i the
+        layer's total stride (2, 4, 8, ...; 4, 8, ... with patch=4)."""
         lead = image.shape[:-3]
         dtype = self.convs[0].kernel.dtype
         raw = image.reshape(-1, *image.shape[-3:])

@@ -40,7 +40,7 @@ class WorldModelConfig:
     in place of the first two layers, and a last decoder layer that draws 4x4 pixel patches in
     place of the last two; the latent sees the same resolutions from 1/4 down. On a CPU the
     full- and half-resolution layers cost most of the world model's update while holding the
-    fewest parameters: 4 makes the small preset's update about 2x faster (README)."""
+    fewest parameters: 4 makes the small preset's whole agent update 1.6x faster (README)."""
     latent_vars: int = 32
     """V categorical latent variables per frame."""
     latent_classes: int = 16
