@@ -168,6 +168,25 @@ def all_processes(flag: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def all_gathered(value) -> list:
+    """`value` (anything JSON can hold) from every process, in process order (a collective)."""
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+
+    text = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    width = int(np.max(multihost_utils.process_allgather(np.asarray(len(text)))))
+    rows = multihost_utils.process_allgather(np.pad(text, (0, width - len(text))))
+    return [json.loads(bytes(row).rstrip(b"\0")) for row in np.asarray(rows).reshape(-1, width)]
+
+
+def digest(value) -> str:
+    """A short hash of anything JSON can hold (the sampler's state, printed beside the parameters')."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def parameter_digest(state) -> str:
     """A short hash of the parameters (multi-host runs print it: equal on every process)."""
     import hashlib
@@ -222,8 +241,11 @@ def train(config: Config) -> dict:
     if restored is not None:
         _, state, meta = restored
         counters = meta["counters"]
-        if process == 0:  # the others draw on from a fresh stream (their state is not in the checkpoint)
-            sampler.bit_generator.state = meta["sampler_rng"]
+        # Every process's sampler state, in process order (older checkpoints held process 0's alone). A process
+        # the run did not have before starts its replay empty, and its sampler from its seed.
+        samplers = meta.get("sampler_rngs", [meta.get("sampler_rng")])
+        if process < len(samplers):
+            sampler.bit_generator.state = samplers[process]
         key = jax.random.wrap_key_data(np.asarray(meta["key"], np.uint32))
         Logger.truncate(log_dir, counters["env_steps"])
         print(f"Resuming {run} at {counters['env_steps']} environment steps, {counters['updates']} updates; "
@@ -252,7 +274,7 @@ def train(config: Config) -> dict:
 
     def save() -> None:
         checkpoints.save(counters["env_steps"], state, {
-            "config": config_record(config), "counters": counters, "sampler_rng": sampler.bit_generator.state,
+            "config": config_record(config), "counters": counters, "sampler_rngs": all_gathered(sampler.bit_generator.state),
             "key": np.asarray(jax.random.key_data(key)).tolist(),
         })
 
@@ -311,7 +333,7 @@ def train(config: Config) -> dict:
         checkpoints.close()
         logger.close()
         vector.close()
-    return {**summary, **counters, "parameters": parameter_digest(state)}
+    return {**summary, **counters, "parameters": parameter_digest(state), "sampler": digest(sampler.bit_generator.state)}
 
 
 def config_differences(saved: dict, config: Config) -> list[tuple[str, object, object]]:
@@ -391,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = train(config)
     if multi:
         print(f"process {jax.process_index()}/{jax.process_count()}: {summary['env_steps']} environment steps, "
-              f"{summary['updates']} updates, parameters {summary['parameters']}", flush=True)
+              f"{summary['updates']} updates, parameters {summary['parameters']}, sampler {summary['sampler']}", flush=True)
         jax.distributed.shutdown()
     return summary
 
