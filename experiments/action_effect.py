@@ -69,16 +69,14 @@ def collect(args: Collect) -> pathlib.Path:
     import envs
     from embodied.driver import Driver
     from embodied.replay import EpisodeStore
-    from experiments.probe_state import cartpole_state, lqr_gain
+    from experiments.probe_state import lqr_gain, noisy_lqr
 
     if args.noise < 0 or args.episodes < 1:
         raise ValueError(f"--noise must be >= 0 and --episodes >= 1; got {args.noise} and {args.episodes}.")
     store, gain, rng, scores = EpisodeStore(args.out), lqr_gain(2), np.random.default_rng(args.seed), []
 
     def policy(obs: dict) -> np.ndarray:
-        state = np.stack([cartpole_state(p) for p in obs["proprio"]])
-        action = -(state @ gain.T) + args.noise * rng.standard_normal((len(state), 1))
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+        return noisy_lqr(obs["proprio"], gain, args.noise, rng)
 
     def on_episode(episode: dict, stats) -> None:
         if len(scores) < args.episodes:

@@ -57,7 +57,7 @@ def ridge_r2(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
 def features(model, episodes: int, noise: float, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """y_{t-1} (N, D), z_t (N, V*K) and the true state (N, 4) at every step of `episodes` noisy-LQR episodes."""
     import envs
-    from experiments.probe_state import cartpole_state, lqr_gain
+    from experiments.probe_state import cartpole_state, lqr_gain, noisy_lqr
 
     keys = [k for k in ("image", "proprio") if getattr(model.spec, k) is not None]
     env = envs.make("dmc/cartpole-balance", pixels="image" in keys, proprio=True, size=size)
@@ -70,7 +70,7 @@ def features(model, episodes: int, noise: float, seed: int, size: int = 64) -> t
             state, first, t, done = model.initial_state(1), True, 0, False
             while not done:
                 true = cartpole_state(obs["proprio"])
-                action = np.clip(-(true @ gain.T) + noise * rng.standard_normal(1), -1.0, 1.0).astype(np.float32)
+                action = noisy_lqr(obs["proprio"], gain, noise, rng)
                 ys.append(np.zeros(state.y.shape[1:]) if first else np.asarray(state.y[0]))
                 inputs = {k: jnp.asarray(obs[k])[None] for k in keys} | {"is_first": jnp.array([first])}
                 state = step(state, inputs, jnp.asarray(action)[None], jax.random.key(seed * 1_000_003 + episode * 10_007 + t))

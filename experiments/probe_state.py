@@ -63,6 +63,14 @@ def cartpole_state(proprio: np.ndarray) -> np.ndarray:
     return np.stack([proprio[..., 0], np.arctan2(proprio[..., 2], proprio[..., 1]), proprio[..., 3], proprio[..., 4]], -1)
 
 
+def noisy_lqr(proprio: np.ndarray, gain: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """LQR's action (..., 1) on cartpole observations (..., 5), plus Gaussian noise of std `noise`, clipped
+    to [-1, 1]: the data and probe episodes of `experiments.action_effect` and `experiments.probe_features`."""
+    state = cartpole_state(proprio)
+    action = -(state @ gain.T) + noise * rng.standard_normal(state.shape[:-1] + (1,))
+    return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
 def lqr_gain(action_repeat: int) -> np.ndarray:
     """The discrete-time LQR gain K (1, 4) of dm-control's cartpole linearised at the upright pole,
     per agent step of `action_repeat` control steps: the action is -K @ `cartpole_state`."""
