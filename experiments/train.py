@@ -330,7 +330,8 @@ def train(config: Config) -> dict:
         checkpoints.close()
         logger.close()
         vector.close()
-    return {**summary, **counters, "parameters": parameter_digest(state), "sampler": digest(json.dumps(sampler.bit_generator.state).encode())}
+    sampler_digest = digest(json.dumps(sampler.bit_generator.state).encode())
+    return {**summary, **counters, "parameters": parameter_digest(state), "sampler": sampler_digest}
 
 
 def config_differences(saved: dict, config: Config) -> list[tuple[str, object, object]]:
