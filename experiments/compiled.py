@@ -21,7 +21,6 @@ same checkpoint can be evaluated in dm-control with experiments/evaluate.py.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 
@@ -30,12 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from agents.dreamer import Dreamer, DreamerState
 from embodied.logging import Logger, resident_memory_gib
 from embodied.parallel import make_mesh
 from embodied.replay import device as device_replay
+from embodied.stopping import StopSignals, is_whole
 from embodied.worldmodel import ImagineState, Spec
 from embodied.worldmodel.io import write_record
 from envs.mjx import MJXEnv, State
@@ -115,7 +116,7 @@ class CompiledLoop:
         steps its environments and holds their replay rows; `Dreamer.train` runs data parallel
         on batches split the same way (as `embodied.parallel.data_parallel` does)."""
         split, replicated = NamedSharding(self.mesh, P("data")), NamedSharding(self.mesh, P())
-        per_env = lambda tree: jax.tree.map(lambda _: split, tree)  # noqa: E731
+        per_env = lambda tree: jax.tree.map(lambda _: split, tree)
         return carry.replace(
             agent=jax.tree.map(lambda _: replicated, carry.agent), env=per_env(carry.env), obs=split, reward=split,
             is_first=split, last=split, score=split, policy=per_env(carry.policy),
@@ -261,49 +262,50 @@ def train_compiled(config: Config, agent_for) -> dict:
             "counters": {"env_steps": int(carry.env_steps), "debt": float(carry.debt), "updates": int(carry.updates)},
             "key": np.asarray(jax.random.key_data(carry.key)).tolist()})
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous_handler = signal.signal(signal.SIGTERM, stop)
-    bar = tqdm.tqdm(total=config.steps, initial=int(carry.env_steps), unit="step", desc=config.task, dynamic_ncols=True)
-    summary, scores = {}, []
-    eval_key = jax.random.key(config.seed + 1)
-    try:
-        while int(carry.env_steps) < config.steps:
-            before, start = int(carry.env_steps), time.perf_counter()
-            carry, out = run_chunk(carry, iterations)
-            out = jax.device_get(out)
-            seconds = time.perf_counter() - start
-            after = int(carry.env_steps)
-            bar.update(after - before)
-            updates = int(out["updates"])
-            if out["episodes"]:
-                scores = (scores + [float(out["score"]) / int(out["episodes"])])[-20:]
-            summary = {"speed/env_steps_per_s": (after - before) / seconds, "speed/updates_per_s": updates / seconds,
-                       "speed/replayed_frames_per_s": updates * loop.per_update / seconds,
-                       "host/rss_gib": resident_memory_gib()}
-            if updates:
-                summary.update({f"train/{k}": float(v) / updates for k, v in out["metrics"].items() if k != "skipped"})
-                summary["train/skipped"] = float(agent.skipped(carry.agent))  # a running count, as in the host loop
-            if scores:
-                summary["episode/recent_score"] = float(np.mean(scores))
-            logger.write(after, summary)
-            bar.set_postfix(fps=f"{summary['speed/env_steps_per_s']:.0f}", upd=int(carry.updates),
-                            ret=f"{summary.get('episode/recent_score', float('nan')):.1f}")
-            if config.eval_every and _crossed(before, after, config.eval_every) and int(carry.updates):
-                eval_key, k = jax.random.split(eval_key)
-                returns = np.asarray(evaluate(carry.agent, k, config.eval_episodes))
-                logger.write(after, {"eval/return": float(returns.mean()), "eval/return_std": float(returns.std())})
-                bar.write(f"eval at {after}: return {returns.mean():.1f} +- {returns.std():.1f}")
-            if _crossed(before, after, config.save_every):
+    with StopSignals("this chunk of the compiled loop") as stop:
+        bar = tqdm.tqdm(total=config.steps, initial=int(carry.env_steps), unit="step", desc=config.task, dynamic_ncols=True)
+        summary, scores = {}, []
+        eval_key = jax.random.key(config.seed + 1)
+        try:
+            while int(carry.env_steps) < config.steps and not stop:
+                before, start = int(carry.env_steps), time.perf_counter()
+                carry, out = run_chunk(carry, iterations)
+                out = jax.device_get(out)
+                seconds = time.perf_counter() - start
+                after = int(carry.env_steps)
+                bar.update(after - before)
+                updates = int(out["updates"])
+                if out["episodes"]:
+                    scores = (scores + [float(out["score"]) / int(out["episodes"])])[-20:]
+                summary = {"speed/env_steps_per_s": (after - before) / seconds, "speed/updates_per_s": updates / seconds,
+                           "speed/replayed_frames_per_s": updates * loop.per_update / seconds,
+                           "host/rss_gib": resident_memory_gib()}
+                if updates:
+                    summary.update({f"train/{k}": float(v) / updates for k, v in out["metrics"].items() if k != "skipped"})
+                    summary["train/skipped"] = float(agent.skipped(carry.agent))  # a running count, as in the host loop
+                if scores:
+                    summary["episode/recent_score"] = float(np.mean(scores))
+                logger.write(after, summary)
+                bar.set_postfix(fps=f"{summary['speed/env_steps_per_s']:.0f}", upd=int(carry.updates),
+                                ret=f"{summary.get('episode/recent_score', float('nan')):.1f}")
+                if config.eval_every and _crossed(before, after, config.eval_every) and int(carry.updates):
+                    eval_key, k = jax.random.split(eval_key)
+                    returns = np.asarray(evaluate(carry.agent, k, config.eval_episodes))
+                    logger.write(after, {"eval/return": float(returns.mean()), "eval/return_std": float(returns.std())})
+                    bar.write(f"eval at {after}: return {returns.mean():.1f} +- {returns.std():.1f}")
+                if _crossed(before, after, config.save_every):
+                    save(carry)
+        except KeyboardInterrupt:
+            print("Interrupted at once.", file=sys.stderr)
+        finally:
+            bar.close()
+            if not is_whole(carry):  # a second signal caught a chunk taking the carry
+                print(f"The carry was handed to a compiled call that did not finish; the checkpoint at "
+                      f"{max(checkpoints.steps(), default=0)} steps stands.", file=sys.stderr)
+            elif int(carry.env_steps) not in checkpoints.steps():
                 save(carry)
-    except KeyboardInterrupt:
-        print("Interrupted; writing a checkpoint.", file=sys.stderr)
-    finally:
-        bar.close()
-        signal.signal(signal.SIGTERM, previous_handler)
-        if int(carry.env_steps) not in checkpoints.steps():
-            save(carry)
-        checkpoints.close()
-        logger.close()
+            checkpoints.close()
+            logger.close()
+    if not is_whole(carry):
+        raise KeyboardInterrupt("stopped inside a compiled call")
     return {**summary, "env_steps": int(carry.env_steps), "updates": int(carry.updates)}

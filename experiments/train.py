@@ -29,7 +29,6 @@ import functools
 import json
 import math
 import pathlib
-import signal
 import sys
 import time
 from collections import deque
@@ -48,6 +47,7 @@ from embodied.driver import Driver, EpisodeStats, random_policy
 from embodied.logging import Logger, resident_memory_gib
 from embodied.parallel import data_parallel, initialize, make_mesh, shard_batch
 from embodied.replay import Replay
+from embodied.stopping import StopSignals, is_whole
 from embodied.worldmodel import Spec
 from embodied.worldmodel.io import read_record, write_record
 from experiments.config import PRESETS, Config, compiled_defaults, validate
@@ -275,61 +275,67 @@ def train(config: Config) -> dict:
             "key": np.asarray(jax.random.key_data(key)).tolist(),
         })
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous_handler = signal.signal(signal.SIGTERM, stop)
     driver = Driver(vector, on_episode)
     driver.reset(seed=env_seed)
     ready = False  # every process's replay holds a sequence; latched, so all processes agree when to train
     bar = tqdm.tqdm(total=config.steps, initial=counters["env_steps"], unit="step", desc=config.task, dynamic_ncols=True)
     summary = {}
     per_update = config.batch * config.length
-    try:
-        while counters["env_steps"] < config.steps:
-            before = counters["env_steps"]
-            if not ready:
-                ready = all_processes(len(replay) >= config.length)
-            prefilling = counters["env_steps"] < config.prefill or not ready
-            driver.step(random_actions if prefilling else acting, 1)
-            counters["env_steps"] += config.env.envs * repeat
-            window["env_steps"] += config.env.envs * repeat
-            bar.update(config.env.envs * repeat)
+    with StopSignals("this environment step and its updates") as stop:
+        try:
+            while counters["env_steps"] < config.steps:
+                before = counters["env_steps"]
+                if not ready:
+                    ready = all_processes(len(replay) >= config.length)
+                prefilling = counters["env_steps"] < config.prefill or not ready
+                driver.step(random_actions if prefilling else acting, 1)
+                counters["env_steps"] += config.env.envs * repeat
+                window["env_steps"] += config.env.envs * repeat
+                bar.update(config.env.envs * repeat)
 
-            if not prefilling:
-                counters["debt"] += config.env.envs * config.train_ratio / per_update
-                while counters["debt"] >= 1.0:
-                    key, step_key = jax.random.split(key)
-                    batch = {k: v for k, v in replay.sample(config.batch // processes, config.length, sampler).items() if k != "is_last"}
-                    batch = shard_batch(batch, mesh)
-                    state, metrics = train_step(state, batch, step_key)
-                    acting.agent_state = local(state)
-                    window["metrics"].append(metrics)
-                    counters["updates"] += 1
-                    window["updates"] += 1
-                    counters["debt"] -= 1.0
+                if not prefilling:
+                    counters["debt"] += config.env.envs * config.train_ratio / per_update
+                    while counters["debt"] >= 1.0:
+                        key, step_key = jax.random.split(key)
+                        batch = {k: v for k, v in replay.sample(config.batch // processes, config.length, sampler).items() if k != "is_last"}
+                        batch = shard_batch(batch, mesh)
+                        state, metrics = train_step(state, batch, step_key)
+                        acting.agent_state = local(state)
+                        window["metrics"].append(metrics)
+                        counters["updates"] += 1
+                        window["updates"] += 1
+                        counters["debt"] -= 1.0
 
-            if _crossed(before, counters["env_steps"], config.log_every):
-                summary = _log(logger, counters, window, scores, per_update, bar)
-            if process == 0 and config.eval_every and _crossed(before, counters["env_steps"], config.eval_every) and counters["updates"]:
-                eval_key, k = jax.random.split(eval_key)
-                video = run / f"eval-{counters['env_steps']}.gif"
-                returns = evaluate(agent, config, local(state), config.eval_episodes, k, video=video)
-                logger.write(counters["env_steps"], {"eval/return": np.mean(returns), "eval/return_std": np.std(returns)})
-                bar.write(f"eval at {counters['env_steps']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} ({video.name})")
-            if _crossed(before, counters["env_steps"], config.save_every):
+                if _crossed(before, counters["env_steps"], config.log_every):
+                    summary = _log(logger, counters, window, scores, per_update, bar)
+                if process == 0 and config.eval_every and _crossed(before, counters["env_steps"], config.eval_every) and counters["updates"]:
+                    eval_key, k = jax.random.split(eval_key)
+                    video = run / f"eval-{counters['env_steps']}.gif"
+                    returns = evaluate(agent, config, local(state), config.eval_episodes, k, video=video)
+                    logger.write(counters["env_steps"], {"eval/return": np.mean(returns), "eval/return_std": np.std(returns)})
+                    bar.write(f"eval at {counters['env_steps']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} ({video.name})")
+                if _crossed(before, counters["env_steps"], config.save_every):
+                    save()
+                if processes == 1:
+                    if stop:
+                        break
+                elif _crossed(before, counters["env_steps"], config.log_every) and not all_processes(not stop):
+                    break  # a signal on any process stops them all, at the same step
+        except KeyboardInterrupt:
+            print("Interrupted at once.", file=sys.stderr)
+        finally:
+            bar.close()
+            driver.flush(replay.add)  # the episodes in progress reach the replay on disk, cut where they stand
+            if not is_whole(state):  # a second signal caught an update taking the state
+                print(f"The agent state was handed to an update that did not finish; the checkpoint at "
+                      f"{max(checkpoints.steps(), default=0)} steps stands.", file=sys.stderr)
+            elif counters["env_steps"] not in checkpoints.steps():
                 save()
-    except KeyboardInterrupt:
-        print("Interrupted; writing a checkpoint.", file=sys.stderr)
-    finally:
-        bar.close()
-        signal.signal(signal.SIGTERM, previous_handler)
-        driver.flush(replay.add)  # the episodes in progress reach the replay on disk, cut where they stand
-        if counters["env_steps"] not in checkpoints.steps():
-            save()
-        checkpoints.close()
-        logger.close()
-        vector.close()
+            checkpoints.close()
+            logger.close()
+            vector.close()
+    if not is_whole(state):
+        raise KeyboardInterrupt("stopped inside an update")
     sampler_digest = digest(json.dumps(sampler.bit_generator.state).encode())
     return {**summary, **counters, "parameters": parameter_digest(state), "sampler": sampler_digest}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 import time
 from typing import Literal
 
@@ -26,6 +27,7 @@ from embodied.checkpoint import Checkpointer
 from embodied.config import with_defaults
 from embodied.logging import Logger
 from embodied.replay import Replay, ReplayConfig
+from embodied.stopping import StopSignals, is_whole
 from embodied.worldmodel import OptimConfig, Spec, WorldModel, WorldModelConfig, init_state, make_optimizer, make_train_step
 from embodied.worldmodel.io import load as load_world_model, write_record
 from flax import nnx
@@ -117,29 +119,33 @@ def train(args: Args) -> dict:
     def save():
         checkpoints.save(step, state, {"config": record, "sampler_rng": rng.bit_generator.state, "key": np.asarray(jax.random.key_data(key)).tolist()})
 
-    try:
-        while step < args.updates:
-            key, step_key = jax.random.split(key)
-            state, metrics = train_step(state, sample(), step_key)
-            step += 1
-            window_steps += 1
-            bar.update(1)
-            if step % args.log_every == 0 or step == args.updates:
-                metrics = jax.device_get(metrics)
-                fps = window_steps * args.batch * args.length / (time.perf_counter() - window_start)
-                logger.write(step, {**metrics, "frames_per_s": fps})
-                bar.set_postfix(loss=f"{metrics['loss']:.1f}", image=f"{metrics.get('image_loss', 0):.1f}", kl=f"{metrics['kl']:.2f}", fps=f"{fps:.0f}")
-                window_start, window_steps = time.perf_counter(), 0
-            if step % args.save_every == 0:
+    with StopSignals("this update") as stop:
+        try:
+            while step < args.updates and not stop:
+                key, step_key = jax.random.split(key)
+                state, metrics = train_step(state, sample(), step_key)
+                step += 1
+                window_steps += 1
+                bar.update(1)
+                if step % args.log_every == 0 or step == args.updates:
+                    metrics = jax.device_get(metrics)
+                    fps = window_steps * args.batch * args.length / (time.perf_counter() - window_start)
+                    logger.write(step, {**metrics, "frames_per_s": fps})
+                    bar.set_postfix(loss=f"{metrics['loss']:.1f}", image=f"{metrics.get('image_loss', 0):.1f}", kl=f"{metrics['kl']:.2f}", fps=f"{fps:.0f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % args.save_every == 0:
+                    save()
+                if args.minutes is not None and time.perf_counter() - start > 60 * args.minutes:
+                    break
+        finally:
+            bar.close()
+            if not is_whole(state):  # a second signal caught an update taking the state
+                print(f"The state was handed to an update that did not finish; the checkpoint at "
+                      f"{max(checkpoints.steps(), default=0)} updates stands.", file=sys.stderr)
+            elif step > 0 and step not in checkpoints.steps():
                 save()
-            if args.minutes is not None and time.perf_counter() - start > 60 * args.minutes:
-                break
-    finally:
-        bar.close()
-        if step > 0 and step not in checkpoints.steps():
-            save()
-        checkpoints.close()
-        logger.close()
+            checkpoints.close()
+            logger.close()
     return {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
 
 
