@@ -32,6 +32,7 @@ import pathlib
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ from embodied.checkpoint import Checkpointer
 from embodied.config import from_dict, to_dict, with_defaults
 from embodied.driver import Driver, EpisodeStats, random_policy
 from embodied.logging import Logger, resident_memory_gib
-from embodied.parallel import data_parallel, initialize, make_mesh, shard_batch
+from embodied.parallel import data_parallel, initialize, make_mesh, replicate, shard_batch
 from embodied.replay import Replay
 from embodied.stopping import StopSignals, is_whole
 from embodied.worldmodel import Spec
@@ -96,16 +97,34 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_policy(agent: Dreamer, explore: bool, planner) -> Callable:
+    """One jitted policy per agent and mode, so that each evaluation does not trace and compile it again."""
+    return jax.jit(functools.partial(agent.policy, explore=explore, planner=planner))
+
+
 class Acting:
     """The host-side policy the Driver calls: keeps the policy's recurrent state and its key."""
 
     def __init__(self, agent: Dreamer, config: Config, num_envs: int, key: jax.Array, explore: bool):
-        planner = config.mpc if config.planner == "mpc" else None
-        self._policy = jax.jit(functools.partial(agent.policy, explore=explore, planner=planner))
+        self._policy = _jitted_policy(agent, explore, config.mpc if config.planner == "mpc" else None)
         self._keys = set(k for k in ("image", "proprio") if getattr(agent.spec, k) is not None)
         self.state = agent.init_policy(num_envs)
         self.key = key
-        self.agent_state = None
+        self._agent_state = None
+
+    @property
+    def agent_state(self):
+        return self._agent_state
+
+    @agent_state.setter
+    def agent_state(self, value) -> None:
+        """The agent's parameters to act with. The policy's carry moves to their devices, so the
+        jitted policy sees the same placements on every call and compiles once, not per placement."""
+        self._agent_state = value
+        sharding = jax.tree.leaves(value)[0].sharding if value is not None else None
+        if sharding is not None and jax.tree.leaves(self.state)[0].sharding != sharding:
+            self.state = jax.device_put(self.state, sharding)
 
     def __call__(self, obs: dict) -> np.ndarray:
         self.key, key = jax.random.split(self.key)
@@ -248,13 +267,14 @@ def train(config: Config) -> dict:
         print(f"Resuming {run} at {counters['env_steps']} environment steps, {counters['updates']} updates; "
               f"replay holds {len(replay)} steps from disk.")
 
+    mesh = make_mesh(config.devices * processes)
+    train_step = data_parallel(agent.train, mesh)
+    state = replicate(state, mesh)  # placed as train_step returns it: its first call compiles the program the rest use
     key, act_key, eval_key = jax.random.split(key, 3)
     acting = Acting(agent, config, config.env.envs, jax.random.fold_in(act_key, process), explore=True)
     acting.agent_state = local(state)
     env_seed = config.seed + counters["env_steps"] + 1_000_003 * process
     random_actions = random_policy(vector.single_action_space, seed=env_seed)
-    mesh = make_mesh(config.devices * processes)
-    train_step = data_parallel(agent.train, mesh)
     logger = Logger(log_dir)
     scores: deque[float] = deque(maxlen=20)
     window = {"metrics": [], "start": time.perf_counter(), "env_steps": 0, "updates": 0}

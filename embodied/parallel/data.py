@@ -54,3 +54,11 @@ def data_parallel(train_step: Callable, mesh: Mesh, *, donate: bool = True) -> C
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     return jax.jit(train_step, in_shardings=(replicated, split, replicated), out_shardings=(replicated, replicated),
                    donate_argnums=(0,) if donate else ())
+
+
+def replicate(state, mesh: Mesh):
+    """`state` replicated over `mesh`, placed as `data_parallel`'s step returns it. A freshly made
+    (uncommitted) state is a different input to `jax.jit` than the step's own output, so without
+    this the step compiles twice: for its first call and again for every later one."""
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(lambda tree: tree, in_shardings=replicated, out_shardings=replicated)(state)
