@@ -20,6 +20,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
 import dataclasses  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -70,7 +71,10 @@ def frames_per_second(agent: Dreamer, devices: int, B: int, T: int, repeats: int
         state, metrics = step(state, batch, next(keys))
         return metrics
 
-    return B * T / statistics.median(seconds for seconds, _ in timings(update, repeats))
+    rate = B * T / statistics.median(seconds for seconds, _ in timings(update, repeats))
+    print(f"  measured: {devices} device(s), batch {B}, dtype {jax.numpy.dtype(agent.dtype).name}, starts {agent.config.starts}, "
+          f"patch {agent.model_config.patch}: {rate:,.0f} frames/s", file=sys.stderr, flush=True)
+    return rate
 
 
 def make_agent(preset: str, compute_dtype: str = "float32", starts: float | None = None, patch: int | None = None) -> Dreamer:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +61,11 @@ def update_flops(compiled) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def progress(row: list) -> None:
+    """A measured row to stderr at once, so that a run cut short (a device lease, a timeout) keeps what it measured."""
+    print("  measured: " + " | ".join(str(c) for c in row), file=sys.stderr, flush=True)
 
 
 def count(tree) -> int:
@@ -107,6 +113,7 @@ def train_rows(args: Args) -> str:
             # XLA counts a loop's body once: the GRU's matmuls run inside its loop over time.
             flops = ["-", "-"] if config.kind == "gru" else [f"{rate / 1e9:.0f}", f"{rate / ceiling:.0%}"]
             rows.append([name, f"{count(params) / 1e3:.0f}k", T, B, f"{B * T / seconds:,.0f}", f"{peak:,.0f}", *flops])
+            progress(rows[-1])
     by = {(r[0], r[2]): float(r[4].replace(",", "")) for r in rows}
     note = "\n".join(f"- T={T}: {ssm} trains {by[(ssm, T)] / by[('gru', T)]:.2f}x the frames/s of gru, {by[(ssm, T)] / by[('transformer', T)]:.2f}x transformer"
                      for ssm in dict.fromkeys(r[0] for r in rows if r[0].startswith("ssm"))
@@ -139,6 +146,7 @@ def imagine_rows(args: Args) -> str:
 
         seconds = timed(run, params, jax.random.key(0), repeats=args.repeats)
         rows.append([kind, f"{count(params) / 1e6:.2f}M", f"{B * H / seconds:,.0f}", f"{carry_bytes / 1024:.1f}"])
+        progress(rows[-1])
     header = ["backbone", "world-model params", f"imagined steps/s (B={B}, H={H})", "carry KiB per sequence"]
     return ("### Imagination, recurrent mode in lax.scan, no decoding\n\n" + table(header, rows) +
             "\n\nThe SSM and GRU carry a fixed state; the Transformer carries a key/value cache that grows with its context (64 here).")
