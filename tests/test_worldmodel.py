@@ -115,10 +115,10 @@ def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder(patch):
         dataclasses.replace(TINY, decoder_flow=True)
 
 
-@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "patch4"])
+@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "distance", "patch4"])
 def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
-    config = dataclasses.replace(TINY, decoder_skip=decoder in ("skip", "flow"), decoder_flow=decoder == "flow",
-                                 patch=4 if decoder == "patch4" else 2)
+    config = dataclasses.replace(TINY, decoder_skip=decoder in ("skip", "flow", "distance"), decoder_flow=decoder == "flow",
+                                 decoder_distance=decoder == "distance", patch=4 if decoder == "patch4" else 2)
     model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
@@ -264,6 +264,25 @@ def test_decoder_skip_draws_from_the_first_frame_until_an_episode_starts():
     from envs.dream import Dream
     with pytest.raises(ValueError, match="decoder_skip"):
         Dream(model, "latent")
+
+
+def test_decoder_distance_reads_the_steps_from_the_context_frame():
+    model = WorldModel(dataclasses.replace(TINY, decoder_skip=True, decoder_distance=True), SPEC, rngs=nnx.Rngs(0))
+    data = batch(T=6)
+    z = jax.nn.one_hot(jax.random.randint(jax.random.key(0), (2, 6, TINY.latent_vars), 0, TINY.latent_classes), TINY.latent_classes)
+    context = jnp.asarray(data["image"][:, :1])
+    trained = model.reconstruct(data, z)["image"]  # training: step t is t steps after the sequence's first frame
+    np.testing.assert_allclose(trained, model.decode(z, context, distance=jnp.arange(6))["image"], atol=1e-6)
+    assert np.abs(trained - model.decode(z, context, distance=jnp.zeros(6, int))["image"]).max() > 0
+    np.testing.assert_array_equal(model.decode(z, context, distance=jnp.full(6, 31))["image"],
+                                  model.decode(z, context, distance=jnp.full(6, 500))["image"])  # far ones read as the last
+    with pytest.raises(ValueError, match="distance="):
+        model.decode(z, context)
+    start = model.start({k: jnp.asarray(v[:, :3]) for k, v in data.items()}, jax.random.key(1))
+    traj = imagine(model, None, start, 4, jax.random.key(2), actions=jnp.zeros((2, 4, 2)), decode=True, context=jnp.asarray(data["image"][:, 2]))
+    assert traj.frames.shape == (2, 4, 16, 16, 3)
+    with pytest.raises(ValueError, match="model.decoder_distance=True cannot work"):
+        dataclasses.replace(TINY, decoder_distance=True)
 
 
 def test_two_frame_encoder_sees_the_previous_frame_within_episodes_and_acting_encodes_as_training_does():

@@ -55,5 +55,6 @@ def imagine(model: WorldModel, policy: Policy | None, start: ImagineState, horiz
     f = jnp.concatenate([f, model.features(final.y, final.z)[:, None]], 1)
     frames = None
     if decode and model.spec.image is not None:
-        frames = jnp.clip(model.decode(z, None if context is None else context[:, None])["image"] + 0.5, 0.0, 1.0)
+        distance = jnp.arange(1, z.shape[1] + 1)  # imagined step k is k steps after the start's frame
+        frames = jnp.clip(model.decode(z, None if context is None else context[:, None], distance=distance)["image"] + 0.5, 0.0, 1.0)
     return Trajectory(z, a, r, c, f, frames)

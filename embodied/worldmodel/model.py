@@ -26,6 +26,9 @@ from embodied.nn import distributions as dist
 from embodied.nn.conv import Decoder, Encoder
 from embodied.worldmodel.backbones import BackboneConfig, make_backbone
 
+DISTANCES = 32
+"""Distances to the context frame a decoder with `decoder_distance` tells apart (farther ones read as the last)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class WorldModelConfig:
@@ -75,6 +78,12 @@ class WorldModelConfig:
     decoder_flow: bool = False
     """With `decoder_skip`: the real frame is warped by a predicted flow field before the mask
     composites it, so that moving parts are moved rather than redrawn."""
+    decoder_distance: bool = False
+    """With `decoder_skip`: the decoder also reads how many steps separate the frame it draws from
+    the real one it draws from (one-hot, clipped to DISTANCES - 1). Trained from a sequence's first
+    frame it sees every distance from 0 to T-1 equally often and cannot tell which one it is
+    drawing, so it blends what it copies with what it draws as for an average distance; knowing
+    the distance, it can copy more at 0 and 1 step and draw more far out."""
     frames: int = 1
     """Frames the encoder sees for each latent: 1, the frame o_t alone; 2, also the frame before it
     (o_{t-1}, as 3 more input channels; at an episode's first step, o_t again). One frame shows
@@ -99,6 +108,8 @@ class WorldModelConfig:
                                  "2 or 4, and 4 needs at least two mults (it takes the place of the first two layers)"),
                        "frames": (self.frames in (1, 2) and (self.frames == 1 or not self.decoder_skip),
                                   "1 or 2, and 1 with decoder_skip (its skip input is one frame's encoding)"),
+                       "decoder_distance": (self.decoder_skip or not self.decoder_distance,
+                                            "False unless decoder_skip is True (the distance is to the frame it draws from)"),
                        "decode_previous": (self.frames == 2 or not self.decode_previous,
                                            "False unless frames is 2 (the previous frame is the encoder's second input)")},
                 prefix="model.")
@@ -154,7 +165,7 @@ class WorldModel(nnx.Module):
         if spec.image is not None:
             self.encoder = Encoder(spec.image[:2], config.depth, config.mults, channels=3 * config.frames,
                                    patch=config.patch, rngs=rngs)
-            self.decoder = Decoder(self.latent, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip,
+            self.decoder = Decoder(self.latent + DISTANCES * config.decoder_distance, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip,
                                    flow=config.decoder_flow, patch=config.patch, colours=3 * (1 + config.decode_previous),
                                    rngs=rngs)
             enc_features += self.encoder.out_features
@@ -234,15 +245,25 @@ class WorldModel(nnx.Module):
         feat = self.features(y, z_next)
         return self.reward(feat).astype(jnp.float32), self.cont(feat)[..., 0].astype(jnp.float32)
 
-    def decode(self, z: jax.Array, context: jax.Array | None = None, keep: jax.Array | None = None) -> dict[str, jax.Array]:
+    def decode(self, z: jax.Array, context: jax.Array | None = None, keep: jax.Array | None = None,
+               distance: jax.Array | None = None) -> dict[str, jax.Array]:
         """Reconstructions of latents z (..., V, K). `context`: with `decoder_skip`, the real uint8
         frame (..., H, W, 3) each image is drawn from, leading dims broadcastable to z's; `keep`
         (z's leading dims) 0 where that frame is from another episode: the decoder's skip input is
-        then all zeros (the frame too), and training teaches it to draw such frames from z."""
+        then all zeros (the frame too), and training teaches it to draw such frames from z.
+        `distance` (int, broadcastable to z's leading dims): with `decoder_distance`, the steps
+        from the context frame to each frame drawn."""
         flat = z.reshape(*z.shape[:-2], -1).astype(self.dtype)
         out = {}
         if self.spec.image is not None:
-            image = self.decoder(flat, self._context_pyramid(context, keep))
+            image_in = flat
+            if self.config.decoder_distance:
+                if distance is None:
+                    raise ValueError("This world model was trained with decoder_distance: pass distance=, the steps from "
+                                     "the context frame to each frame decoded (0 for the context frame itself).")
+                steps = jnp.broadcast_to(jnp.clip(distance, 0, DISTANCES - 1), flat.shape[:-1])
+                image_in = jnp.concatenate([flat, jax.nn.one_hot(steps, DISTANCES, dtype=flat.dtype)], -1)
+            image = self.decoder(image_in, self._context_pyramid(context, keep))
             out["image"] = image[..., -3:]
             if self.config.decode_previous:  # drawn before o_t, as the encoder takes them
                 out["previous_image"] = image[..., :3]
@@ -329,7 +350,7 @@ class WorldModel(nnx.Module):
             return self.decode(z)
         same_episode = jnp.cumsum(batch["is_first"][:, 1:], 1) == 0
         keep = jnp.concatenate([jnp.ones_like(same_episode[:, :1]), same_episode], 1)
-        return self.decode(z, batch["image"][:, :1], keep)
+        return self.decode(z, batch["image"][:, :1], keep, distance=jnp.arange(z.shape[1]))
 
     def imagine_step(self, state: ImagineState, action: jax.Array, key: jax.Array):
         """One recurrent step under `action` (B, A): (next state, reward (B,), continue probability (B,)).
