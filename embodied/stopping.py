@@ -5,8 +5,8 @@ for the result). A KeyboardInterrupt raised while such a call is dispatched leav
 the old state deleted and the new one never assigned, and the closing checkpoint
 then has nothing to save. So the first signal only asks the loop to stop: it
 finishes the update (or compiled chunk) in flight, leaves its loop, and writes its
-checkpoint. A second signal stops at once, as before; the loop's last complete
-checkpoint then stands.
+checkpoint. A second signal raises KeyboardInterrupt at once; the loop's `finally`
+then saves only if its state is whole (`save_if_whole`), else its last checkpoint stands.
 
     with StopSignals() as stop:
         while step < total and not stop:
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from typing import Self
 
 import jax
@@ -54,3 +55,13 @@ class StopSignals:
 def is_whole(tree) -> bool:
     """False if a jitted call that was interrupted took any of `tree`'s arrays (donated, now deleted)."""
     return not any(isinstance(x, jax.Array) and x.is_deleted() for x in jax.tree.leaves(tree))
+
+
+def save_if_whole(tree, step: int, saved: list[int], save: Callable[[], None]) -> None:
+    """A loop's closing checkpoint of `tree` at `step`: written unless `saved` (the steps on disk)
+    holds it already, or a jitted call that never finished took `tree` (then the newest stands)."""
+    if not is_whole(tree):
+        print(f"Stopped inside a jitted call that had taken the state; the checkpoint at {max(saved, default=0)} stands.",
+              file=sys.stderr)
+    elif step not in saved:
+        save()

@@ -21,7 +21,6 @@ same checkpoint can be evaluated in dm-control with experiments/evaluate.py.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import flax.struct
@@ -36,7 +35,7 @@ from agents.dreamer import Dreamer, DreamerState
 from embodied.logging import Logger, resident_memory_gib
 from embodied.parallel import make_mesh
 from embodied.replay import device as device_replay
-from embodied.stopping import StopSignals, is_whole
+from embodied.stopping import StopSignals, save_if_whole
 from embodied.worldmodel import ImagineState, Spec
 from embodied.worldmodel.io import write_record
 from envs.mjx import MJXEnv, State
@@ -266,6 +265,7 @@ def train_compiled(config: Config, agent_for) -> dict:
         bar = tqdm.tqdm(total=config.steps, initial=int(carry.env_steps), unit="step", desc=config.task, dynamic_ncols=True)
         summary, scores = {}, []
         eval_key = jax.random.key(config.seed + 1)
+        after = int(carry.env_steps)  # the steps the carry holds, read on the host after each chunk
         try:
             while int(carry.env_steps) < config.steps and not stop:
                 before, start = int(carry.env_steps), time.perf_counter()
@@ -295,17 +295,9 @@ def train_compiled(config: Config, agent_for) -> dict:
                     bar.write(f"eval at {after}: return {returns.mean():.1f} +- {returns.std():.1f}")
                 if _crossed(before, after, config.save_every):
                     save(carry)
-        except KeyboardInterrupt:
-            print("Interrupted at once.", file=sys.stderr)
         finally:
             bar.close()
-            if not is_whole(carry):  # a second signal caught a chunk taking the carry
-                print(f"The carry was handed to a compiled call that did not finish; the checkpoint at "
-                      f"{max(checkpoints.steps(), default=0)} steps stands.", file=sys.stderr)
-            elif int(carry.env_steps) not in checkpoints.steps():
-                save(carry)
+            save_if_whole(carry, after, checkpoints.steps(), lambda: save(carry))
             checkpoints.close()
             logger.close()
-    if not is_whole(carry):
-        raise KeyboardInterrupt("stopped inside a compiled call")
     return {**summary, "env_steps": int(carry.env_steps), "updates": int(carry.updates)}

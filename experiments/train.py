@@ -29,7 +29,6 @@ import functools
 import json
 import math
 import pathlib
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -48,7 +47,7 @@ from embodied.driver import Driver, EpisodeStats, random_policy
 from embodied.logging import Logger, resident_memory_gib
 from embodied.parallel import data_parallel, initialize, make_mesh, replicate, shard_batch
 from embodied.replay import Replay
-from embodied.stopping import StopSignals, is_whole
+from embodied.stopping import StopSignals, save_if_whole
 from embodied.worldmodel import Spec
 from embodied.worldmodel.io import read_record, write_record
 from experiments.config import PRESETS, Config, compiled_defaults, validate
@@ -341,21 +340,13 @@ def train(config: Config) -> dict:
                         break
                 elif _crossed(before, counters["env_steps"], config.log_every) and not all_processes(not stop):
                     break  # a signal on any process stops them all, at the same step
-        except KeyboardInterrupt:
-            print("Interrupted at once.", file=sys.stderr)
         finally:
             bar.close()
             driver.flush(replay.add)  # the episodes in progress reach the replay on disk, cut where they stand
-            if not is_whole(state):  # a second signal caught an update taking the state
-                print(f"The agent state was handed to an update that did not finish; the checkpoint at "
-                      f"{max(checkpoints.steps(), default=0)} steps stands.", file=sys.stderr)
-            elif counters["env_steps"] not in checkpoints.steps():
-                save()
+            save_if_whole(state, counters["env_steps"], checkpoints.steps(), save)
             checkpoints.close()
             logger.close()
             vector.close()
-    if not is_whole(state):
-        raise KeyboardInterrupt("stopped inside an update")
     sampler_digest = digest(json.dumps(sampler.bit_generator.state).encode())
     return {**summary, **counters, "parameters": parameter_digest(state), "sampler": sampler_digest}
 

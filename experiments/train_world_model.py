@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 import time
 from typing import Literal
 
@@ -27,7 +26,7 @@ from embodied.checkpoint import Checkpointer
 from embodied.config import with_defaults
 from embodied.logging import Logger
 from embodied.replay import Replay, ReplayConfig
-from embodied.stopping import StopSignals, is_whole
+from embodied.stopping import StopSignals, save_if_whole
 from embodied.worldmodel import OptimConfig, Spec, WorldModel, WorldModelConfig, init_state, make_optimizer, make_train_step
 from embodied.worldmodel.io import load as load_world_model, write_record
 from flax import nnx
@@ -139,11 +138,8 @@ def train(args: Args) -> dict:
                     break
         finally:
             bar.close()
-            if not is_whole(state):  # a second signal caught an update taking the state
-                print(f"The state was handed to an update that did not finish; the checkpoint at "
-                      f"{max(checkpoints.steps(), default=0)} updates stands.", file=sys.stderr)
-            elif step > 0 and step not in checkpoints.steps():
-                save()
+            if step > 0:
+                save_if_whole(state, step, checkpoints.steps(), save)
             checkpoints.close()
             logger.close()
     return {"step": step, **{k: float(v) for k, v in jax.device_get(metrics).items()}}

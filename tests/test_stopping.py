@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from embodied.stopping import StopSignals, is_whole
+from embodied.stopping import StopSignals, is_whole, save_if_whole
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,6 +35,12 @@ def test_an_array_donated_to_a_call_is_not_whole():
     new = step(state)
     assert is_whole(new)
     assert not is_whole(state)  # what an interrupted `state = step(state)` would leave behind
+    written = []
+    save_if_whole(state, 5, [3], lambda: written.append(5))  # taken: the checkpoint at 3 stands
+    save_if_whole(new, 5, [3, 5], lambda: written.append(5))  # already on disk
+    assert written == []
+    save_if_whole(new, 5, [3], lambda: written.append(5))
+    assert written == [5]
 
 
 @pytest.mark.parametrize("task", ["dmc/cartpole-balance", "mjx/cartpole-balance"])
