@@ -10,7 +10,10 @@ from a dataset (by default the run's own replay) or from observations passed as
 recurrent step, samples the prior latent, and returns the reward head's
 prediction; `terminated` when the continue head gives less than even odds;
 `truncated` after `horizon` steps. Observations are the decoded frame (the
-real task's spaces) or the latent features (a Box).
+real task's spaces) or the latent features (a Box). A model trained with
+`--model.decoder-skip` draws every dreamed frame from the episode's real start
+frame as well as from the latent (and, with `--model.decoder-distance`, is told
+how many steps lie between them), as its open-loop evaluation does.
 
 `DreamVectorEnv` steps N copies in one compiled call (Gymnasium's vector API,
 SAME_STEP autoreset: an ended copy restarts from a new real start inside the
@@ -44,17 +47,16 @@ class Dream:
             raise ValueError(f"observation must be 'image' or 'latent'; got {observation!r}.")
         if observation == "image" and model.spec.image is None:
             raise ValueError("This world model has no image decoder (it was trained on proprio only); use observation='latent'.")
-        if model.spec.image is not None and model.config.decoder_skip:
-            raise ValueError("This world model was trained with decoder_skip: it draws frames from a real frame as well as "
-                             "from the latent, and the dream environments do not keep one. Dream with a model trained without --model.decoder-skip.")
         self.model, self.kind = model, observation
         self.spec = model.spec
         graphdef, state = nnx.split(model)
         merged = lambda: nnx.merge(graphdef, state)  # noqa: E731
         self.start = jax.jit(lambda obs: merged().start(obs, jax.random.key(0)))
         self.step = jax.jit(lambda s, a, k: merged().imagine_step(s, a, k))
-        self.observe = jax.jit(lambda s: _observe(merged(), s, observation))
-        self.frame = jax.jit(lambda s: _frame(merged(), s))
+        # `start_frame` (B, H, W, 3) uint8 and `steps` (B,) int: the real frame each dream started
+        # from and the steps taken since; only a model with decoder_skip draws from them.
+        self.observe = jax.jit(lambda s, start_frame, steps: _observe(merged(), s, observation, start_frame, steps))
+        self.frame = jax.jit(lambda s, start_frame, steps: _frame(merged(), s, start_frame, steps))
 
     def observation_space(self) -> gym.spaces.Space:
         if self.kind == "latent":
@@ -88,18 +90,21 @@ class Dream:
         return inputs
 
 
-def _observe(model: WorldModel, state: ImagineState, kind: Observation):
+def _observe(model: WorldModel, state: ImagineState, kind: Observation, start_frame, steps):
     if kind == "latent":
         return model.features(state.y, state.z)
-    out = model.decode(state.z)
-    obs = {"image": _frame(model, state)}
+    out = model.decode(state.z, start_frame, distance=steps)
+    obs = {"image": _uint8(out["image"])}
     if "proprio" in out:
         obs["proprio"] = symexp(out["proprio"])  # the decoder predicts symlog(proprio)
     return obs
 
 
-def _frame(model: WorldModel, state: ImagineState) -> jax.Array:
-    image = model.decode(state.z)["image"]
+def _frame(model: WorldModel, state: ImagineState, start_frame, steps) -> jax.Array:
+    return _uint8(model.decode(state.z, start_frame, distance=steps)["image"])
+
+
+def _uint8(image: jax.Array) -> jax.Array:
     return (jnp.clip(image + 0.5, 0.0, 1.0) * 255).astype(jnp.uint8)
 
 
@@ -145,6 +150,7 @@ class DreamEnv(gym.Env):
         self._keys = tuple(k for k in ("image", "proprio") if getattr(model.spec, k) is not None)
         self._starts = None if dataset is None else episode_starts(dataset, self._keys)
         self._state: ImagineState | None = None
+        self._start_frame: jax.Array | None = None  # the real frame the dream started from (1, H, W, 3)
         self._key, self._steps = jax.random.key(0), 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -161,6 +167,7 @@ class DreamEnv(gym.Env):
             raise ValueError("DreamEnv has no dataset to start from: pass dataset= when making it, "
                              "or reset(options={'observations': {...}}) with a real first observation.")
         self._state, self._steps = self.dream.start(inputs), 0
+        self._start_frame = inputs["image"][:, 0] if "image" in inputs else None
         return self._observation(), {}
 
     def step(self, action):
@@ -179,10 +186,13 @@ class DreamEnv(gym.Env):
     def render(self):
         if self._state is None or self.dream.spec.image is None:
             return None
-        return np.asarray(self.dream.frame(self._state)[0])
+        return np.asarray(self.dream.frame(self._state, self._start_frame, self._distance())[0])
+
+    def _distance(self) -> jax.Array:
+        return jnp.full(1, self._steps, jnp.int32)
 
     def _observation(self):
-        obs = jax.device_get(self.dream.observe(self._state))
+        obs = jax.device_get(self.dream.observe(self._state, self._start_frame, self._distance()))
         if isinstance(obs, dict):
             return {k: np.asarray(v[0], self.observation_space[k].dtype) for k, v in obs.items()}
         return np.asarray(obs[0], np.float32)
@@ -220,7 +230,7 @@ class LatentObservation(gym.Wrapper):
         return self._features(), reward, terminated, truncated, info
 
     def _features(self) -> np.ndarray:
-        return np.asarray(self.dream.observe(self._state)[0], np.float32)
+        return np.asarray(self.dream.observe(self._state, None, None)[0], np.float32)  # latents: no frame is drawn
 
 
 class DreamVectorEnv(gym.vector.VectorEnv):
@@ -242,8 +252,9 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         keys = tuple(k for k in ("image", "proprio") if getattr(model.spec, k) is not None)
         starts = episode_starts(dataset, keys)
-        # Every start's posterior state, computed once and kept on the device.
+        # Every start's posterior state (and real frame), computed once and kept on the device.
         self._pool = dream.start(dream.check_observations(starts, len(next(iter(starts.values())))))
+        self._pool_frames = jnp.asarray(starts["image"]) if "image" in starts else None
         self._step = jax.jit(self._step_all)
         self._key = jax.random.key(0)
         self._state = None
@@ -253,23 +264,28 @@ class DreamVectorEnv(gym.vector.VectorEnv):
             self._key = jax.random.key(seed)
         self._key, key = jax.random.split(self._key)
         index = jax.random.randint(key, (self.num_envs,), 0, self._pool.y.shape[0])
-        self._state = (jax.tree.map(lambda x: x[index], self._pool), jnp.zeros(self.num_envs, jnp.int32))
-        return jax.device_get(self.dream.observe(self._state[0])), {}
+        self._state = (jax.tree.map(lambda x: x[index], self._pool), jnp.zeros(self.num_envs, jnp.int32), index)
+        return jax.device_get(self._observe(self._state)), {}
+
+    def _observe(self, carry):
+        """Observations of a carry (states, steps since each start, each start's index in the pool)."""
+        state, steps, start = carry
+        return self.dream.observe(state, None if self._pool_frames is None else self._pool_frames[start], steps)
 
     def _step_all(self, carry, action, key):
-        state, steps = carry
+        state, steps, start = carry
         step_key, reset_key = jax.random.split(key)
         state, reward, cont = self.dream.step(state, action, step_key)
         steps = steps + 1
         terminated = cont < 0.5
         truncated = ~terminated & (steps >= self.horizon)
         done = terminated | truncated
-        final_obs = self.dream.observe(state)
+        final_obs = self._observe((state, steps, start))
         index = jax.random.randint(reset_key, done.shape, 0, self._pool.y.shape[0])
         fresh = jax.tree.map(lambda x: x[index], self._pool)
         state = jax.tree.map(lambda f, s: jnp.where(done.reshape(-1, *[1] * (s.ndim - 1)), f, s), fresh, state)
-        steps = jnp.where(done, 0, steps)
-        return (state, steps), self.dream.observe(state), reward, terminated, truncated, final_obs
+        carry = (state, jnp.where(done, 0, steps), jnp.where(done, index, start))
+        return carry, self._observe(carry), reward, terminated, truncated, final_obs
 
     def step(self, actions):
         if self._state is None:
@@ -285,4 +301,7 @@ class DreamVectorEnv(gym.vector.VectorEnv):
         return obs, np.asarray(reward, np.float32), terminated, truncated, info
 
     def render(self):
-        return None if self._state is None or self.dream.spec.image is None else np.asarray(self.dream.frame(self._state[0]))
+        if self._state is None or self.dream.spec.image is None:
+            return None
+        state, steps, start = self._state
+        return np.asarray(self.dream.frame(state, self._pool_frames[start], steps))

@@ -73,6 +73,60 @@ def test_dream_vector_env_steps_all_copies_and_restarts_ended_ones(run):
     assert obs["image"].shape == (2, 16, 16, 3)
 
 
+def test_dreams_of_a_skip_decoder_draw_from_their_start_frame_at_the_steps_since(run, tmp_path):
+    """A model with decoder_skip and decoder_distance draws each dreamed frame from the real frame
+    its dream started from, k steps back; the vector env's copies change both when they restart."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from embodied.replay import EpisodeStore
+    from embodied.worldmodel import WorldModel
+    from embodied.worldmodel.io import load
+    from envs.dream import episode_starts
+
+    run, data = run
+    spec = load(run).model.spec
+    model = WorldModel(dataclasses.replace(TINY, decoder_skip=True, decoder_distance=True), spec, rngs=nnx.Rngs(0))
+    # Starts that differ: cartpole's first frames look alike at 16x16, so four copies of a real
+    # episode, each made brighter than the last.
+    store, episode = EpisodeStore(tmp_path / "starts"), EpisodeStore(data).read(EpisodeStore(data).paths()[0])
+    for i in range(4):
+        store.save({**episode, "image": np.clip(episode["image"].astype(int) + 50 * i, 0, 255).astype(np.uint8)})
+    data = store.directory
+    starts = episode_starts(data, ("image", "proprio"))
+    assert len({frame.tobytes() for frame in starts["image"]}) == 4
+
+    def drawn(state, frame, steps):
+        image = model.decode(state.z, jnp.asarray(frame), distance=jnp.asarray(steps))["image"]
+        return np.asarray((jnp.clip(image + 0.5, 0.0, 1.0) * 255).astype(jnp.uint8))
+
+    env = envs.DreamEnv(model=model, dataset=data, horizon=3)
+    first = {k: v[1] for k, v in starts.items()}
+    obs, _ = env.reset(seed=0, options={"observations": first})
+    np.testing.assert_array_equal(obs["image"], drawn(env._state, first["image"][None], [0])[0])
+    for k in (1, 2):
+        obs, *_ = env.step(np.zeros(1, np.float32))
+        np.testing.assert_array_equal(obs["image"], drawn(env._state, first["image"][None], [k])[0])
+        assert not np.array_equal(obs["image"], drawn(env._state, first["image"][None], [0])[0]), "the distance is read"
+    np.testing.assert_array_equal(env.render(), obs["image"])
+
+    vec = envs.DreamVectorEnv(model=model, dataset=data, num_envs=4, horizon=2, observation="image")
+    obs, _ = vec.reset(seed=0)
+    single = [env.reset(options={"observations": {k: v[j] for k, v in starts.items()}})[0]["image"] for j in range(len(starts["image"]))]
+    np.testing.assert_array_equal(obs["image"], np.stack([single[j] for j in np.asarray(vec._state[2])]))
+    ended = np.zeros(4, bool)
+    for _ in range(2):
+        obs, reward, terminated, truncated, info = vec.step(np.zeros((4, 1), np.float32))
+        done, (state, steps, start) = terminated | truncated, vec._state
+        np.testing.assert_array_equal(obs["image"], drawn(state, starts["image"][np.asarray(start)], steps))
+        np.testing.assert_array_equal(obs["image"][done], np.stack([single[j] for j in np.asarray(start)])[done])  # restarted
+        assert (np.asarray(steps)[done] == 0).all() and (np.asarray(steps)[~done] > 0).all()
+        ended |= done
+    assert ended.all(), "every copy ends by the horizon"
+
+
 def test_bad_input_gets_clear_errors(run, tmp_path):
     run, data = run
     with pytest.raises(FileNotFoundError, match="world_model.json"):
