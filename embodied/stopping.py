@@ -34,7 +34,9 @@ class StopSignals:
         self._previous: dict = {}
 
     def __enter__(self) -> Self:
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        # A signal the process was started ignoring stays ignored (a job that a script put in the
+        # background, where the shell's Ctrl-C is not meant for it), as Python itself does for SIGINT.
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc) -> None:

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from agents.dreamer import Dreamer  # noqa: E402
-from embodied.parallel import data_parallel, make_mesh, shard_batch  # noqa: E402
+from embodied.parallel import data_parallel, make_mesh, replicate, shard_batch  # noqa: E402
 from embodied.worldmodel import Spec  # noqa: E402
 from experiments.benchmark import table, timings  # noqa: E402
 from experiments.config import PRESETS  # noqa: E402
@@ -62,7 +62,7 @@ def fake_batch(B: int, T: int, size: int, rng) -> dict:
 def frames_per_second(agent: Dreamer, devices: int, B: int, T: int, repeats: int) -> float:
     mesh = make_mesh(devices)
     step = data_parallel(agent.train, mesh)
-    state = agent.init(0)
+    state = replicate(agent.init(0), mesh)  # as the step returns it: the warm-up is the only compile
     batch = shard_batch(fake_batch(B, T, agent.spec.image[0], np.random.default_rng(0)), mesh)
     keys = iter(jax.random.split(jax.random.key(0), repeats + 1))
 

@@ -18,14 +18,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_the_first_signal_asks_and_the_second_stops_at_once():
-    before = signal.getsignal(signal.SIGTERM)
-    with StopSignals() as stop:
-        assert not stop
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop and stop.signal == signal.SIGTERM
-        with pytest.raises(KeyboardInterrupt, match="second time"):
+    before = signal.getsignal(signal.SIGTERM), signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StopSignals() as stop:
+            assert not stop
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop and stop.signal == signal.SIGTERM
+            with pytest.raises(KeyboardInterrupt, match="second time"):
+                os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGTERM) is before[0]
+        # A process started with SIGINT ignored (a script's background job) keeps ignoring it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with StopSignals() as stop:
             os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is before
+            assert not stop and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before[1])
 
 
 def test_an_array_donated_to_a_call_is_not_whole():
@@ -55,7 +64,8 @@ def test_ctrl_c_saves_where_the_run_stands_and_exits_cleanly(task, tmp_path):
     else:
         command += ["--env.envs", "2", "--length", "8", "--train-ratio", "16"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env={**os.environ, "XLA_FLAGS": ""})
+                               start_new_session=True, env={**os.environ, "XLA_FLAGS": ""},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     try:
         deadline = time.monotonic() + 240
         metrics = run / "metrics.jsonl"
