@@ -34,9 +34,10 @@ class StopSignals:
         self._previous: dict = {}
 
     def __enter__(self) -> Self:
-        # A signal the process was started ignoring stays ignored (a job that a script put in the
-        # background, where the shell's Ctrl-C is not meant for it), as Python itself does for SIGINT.
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+        # A SIGINT the process was started ignoring stays ignored (a job that a script put in the
+        # background, where the shell's Ctrl-C is not meant for it), as Python itself does.
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                          if not (s == signal.SIGINT and signal.getsignal(s) is signal.SIG_IGN)}
         return self
 
     def __exit__(self, *exc) -> None:

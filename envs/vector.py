@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import signal
 
 import gymnasium as gym
@@ -33,6 +34,9 @@ def make_vector(name: str, num_envs: int, *, asynchronous: bool = True, **option
 
 
 def _make_in_worker(name: str, **options) -> gym.Env:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # AsyncVectorEnv also calls the first factory once in the parent, to read the spaces: only a
+    # worker may ignore the signals, or Ctrl-C would be lost on the parent from then on.
+    if multiprocessing.parent_process() is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return make(name, **options)

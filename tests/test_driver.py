@@ -1,3 +1,5 @@
+import signal
+
 import numpy as np
 
 import envs
@@ -55,9 +57,14 @@ def test_termination_is_marked_terminal():
 
 
 def test_async_vector_env_runs_workers_in_processes():
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     vector = envs.make_vector("dmc/cartpole-swingup", 2, time_limit=4)
-    episodes = collect(vector, 10)
-    vector.close()
+    try:
+        # The workers ignore Ctrl-C; the parent (where Gymnasium makes one copy to read the spaces) does not.
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+        episodes = collect(vector, 10)
+    finally:
+        vector.close()
     assert {stats.worker for _, stats in episodes} == {0, 1}
     episode, _ = episodes[0]
     assert episode["image"].shape == (5, 64, 64, 3) and episode["image"].dtype == np.uint8

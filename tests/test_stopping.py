@@ -63,9 +63,14 @@ def test_ctrl_c_saves_where_the_run_stands_and_exits_cleanly(task, tmp_path):
         command += ["--env.size", "16"]
     else:
         command += ["--env.envs", "2", "--length", "8", "--train-ratio", "16"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True, env={**os.environ, "XLA_FLAGS": ""},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    # The run starts with SIGINT at its default, as from a terminal (a pytest worker may ignore it,
+    # and an ignored signal would be inherited).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True, env={**os.environ, "XLA_FLAGS": ""})
+    finally:
+        signal.signal(signal.SIGINT, before)
     try:
         deadline = time.monotonic() + 240
         metrics = run / "metrics.jsonl"
