@@ -150,7 +150,10 @@ def bench_conv(args: Args) -> str:
 
     def frames_per_second(module, x, grad_input: bool) -> float:
         graphdef, params = nnx.split(module)
-        loss = lambda p, x: jnp.mean(nnx.merge(graphdef, p)(x).astype(jnp.float32) ** 2)
+
+        def loss(p, x):
+            return jnp.mean(nnx.merge(graphdef, p)(x).astype(jnp.float32) ** 2)
+
         step = jax.jit(jax.grad(loss, argnums=(0, 1) if grad_input else 0))
 
         def run() -> int:

@@ -115,7 +115,10 @@ class CompiledLoop:
         steps its environments and holds their replay rows; `Dreamer.train` runs data parallel
         on batches split the same way (as `embodied.parallel.data_parallel` does)."""
         split, replicated = NamedSharding(self.mesh, P("data")), NamedSharding(self.mesh, P())
-        per_env = lambda tree: jax.tree.map(lambda _: split, tree)
+
+        def per_env(tree):
+            return jax.tree.map(lambda _: split, tree)
+
         return carry.replace(
             agent=jax.tree.map(lambda _: replicated, carry.agent), env=per_env(carry.env), obs=split, reward=split,
             is_first=split, last=split, score=split, policy=per_env(carry.policy),

@@ -19,8 +19,11 @@ def test_ssm_scan_matches_the_recurrence_by_hand():
     expected = jnp.stack([h1, h2, Bu[2]])
     np.testing.assert_allclose(apply_ssm(Lambda_bar, Bu, reset, h0), expected, rtol=1e-6)
     np.testing.assert_allclose(ssm_step(Lambda_bar, Bu[1], reset[1], h1), h2, rtol=1e-6)
+
+    def parts(x):
+        return x.real, x.imag
+
     # The sequential scan, on real and imaginary parts, for a batch of one.
-    parts = lambda x: (x.real, x.imag)
     for a in (Lambda_bar, jnp.broadcast_to(Lambda_bar, Bu.shape)[None]):  # fixed, and varying over time
         h_re, h_im = apply_ssm_sequential(parts(a), parts(Bu[None]), reset[None], parts(h0[None]))
         np.testing.assert_allclose(h_re[0] + 1j * h_im[0], expected, rtol=1e-6)

@@ -13,7 +13,7 @@ from embodied.nn.ssm import SSMEigen
 from embodied.worldmodel.backbones import BackboneConfig
 from embodied.worldmodel.imagine import imagine
 from embodied.worldmodel.model import Spec, WorldModel, WorldModelConfig
-from embodied.worldmodel.train import OptimConfig, decay_mask, init_state, make_optimizer, make_train_step, model_of, skipped_updates
+from embodied.worldmodel.train import OptimConfig, decay_mask, init_state, make_optimizer, make_train_step, skipped_updates
 
 TINY = WorldModelConfig(backbone=BackboneConfig(dim=16, state=8, layers=1), depth=4, latent_vars=4, latent_classes=4, hidden=16, reward_bins=15)
 SPEC = Spec(image=(16, 16, 3), proprio=3, action=2)

@@ -74,7 +74,10 @@ def apply_ssm_sequential(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax
     than the four real products they amount to.
     """
     keep = (1.0 - reset).T[:, :, None]  # (T, B, 1)
-    time_major = lambda x: jnp.moveaxis(x, 1, 0)
+
+    def time_major(x):
+        return jnp.moveaxis(x, 1, 0)
+
     varying = a[0].ndim == 3
     inputs = (keep, *map(time_major, b), *(map(time_major, a) if varying else ()))
 
