@@ -117,6 +117,8 @@ def validate(config: Config) -> None:
                      f"a multiple of {2**halvings} (the encoder halves it {halvings} times), >= 16"),
         "env.pixels": (config.env.pixels or config.env.proprio, "on, or proprio on (at least one of the two)"),
         "replay.capacity": (config.replay.capacity >= config.length, f">= length ({config.length})"),
+        "replay.prefill_share": (0 <= config.replay.prefill_share < 1 and (config.replay.prefill_share == 0 or config.prefill > 0),
+                                 "in [0, 1), and 0 unless prefill > 0 (it draws from the prefill's episodes)"),
         "devices": (config.devices >= 1 and config.batch % config.devices == 0, f">= 1 and divide batch ({config.batch})"),
     })
 
@@ -147,6 +149,7 @@ def _validate_compiled(config: Config) -> None:
                     f"`length` rows before the first update"),
         "replay.capacity": (config.replay.capacity // config.env.envs >= config.length,
                             f">= length * env.envs ({config.length * config.env.envs})"),
+        "replay.prefill_share": (config.replay.prefill_share == 0, "0: the compiled loop's device replay draws all rows alike"),
     })
 
 

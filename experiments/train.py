@@ -313,6 +313,7 @@ def train(config: Config) -> dict:
                 bar.update(config.env.envs * repeat)
 
                 if not prefilling:
+                    replay.mark_prefill()  # the episodes so far were random actions: prefill_share draws from them
                     counters["debt"] += config.env.envs * config.train_ratio / per_update
                     while counters["debt"] >= 1.0:
                         key, step_key = jax.random.split(key)

@@ -31,6 +31,8 @@ def test_compiled_loop_rejects_configs_that_cannot_work():
         parse(["--preset", "debug", "--task", "mjx/cartpole-swingup", "--env.pixels"])
     with pytest.raises(ValueError, match="no MJX form"):
         parse(["--preset", "debug", "--task", "dmc/cartpole-swingup", "--loop", "compiled"])
+    with pytest.raises(ValueError, match="replay.prefill_share"):
+        parse(["--preset", "debug", "--task", "mjx/cartpole-swingup", "--replay.prefill-share", "0.25"])
     with pytest.raises(ValueError, match="loop='host' cannot run"):
         parse(["--preset", "debug", "--task", "mjx/cartpole-swingup", "--loop", "host"])
 

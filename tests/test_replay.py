@@ -83,6 +83,69 @@ def test_restart_reloads_the_newest_episodes_that_fit(tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) == 6, "restarting must not rewrite or delete episodes"
 
 
+def test_a_share_of_each_batch_comes_from_the_prefill_episodes():
+    replay = Replay(ReplayConfig(capacity=1000, prefill_share=0.25))
+    replay.add(episode(20, value=1))
+    replay.add(episode(20, value=1))
+    replay.sample(16, 8, np.random.default_rng(0))  # nothing marked yet: all alike
+    replay.mark_prefill()
+    for _ in range(40):
+        replay.add(episode(20, value=2))
+    assert replay.prefill_steps == 40
+    rng = np.random.default_rng(0)
+    counts = [np.sum(replay.sample(16, 8, rng)["proprio"].max(axis=(1, 2)) == 1) for _ in range(200)]
+    # 4 of 16 from the 40 prefill steps, and the other 12 drawn from all 840 steps land there now and then.
+    assert min(counts) >= 4 and 4.0 < np.mean(counts) < 5.0
+    replay.mark_prefill()  # only the first call counts
+    assert replay.prefill_steps == 40
+    plain = Replay(ReplayConfig(capacity=1000))
+    for value in [1, 1] + [2] * 40:
+        plain.add(episode(20, value=value))
+    assert np.mean(plain.sample(3200, 8, rng)["proprio"].max(axis=(1, 2)) == 1) < 0.06
+
+
+def test_the_prefill_share_ends_when_its_episodes_are_evicted():
+    replay = Replay(ReplayConfig(capacity=100, prefill_share=0.5))
+    replay.add(episode(20, value=1))
+    replay.mark_prefill()
+    for _ in range(4):
+        replay.add(episode(20, value=2))
+    assert replay.prefill_steps == 20
+    assert np.sum(replay.sample(64, 8, np.random.default_rng(0))["proprio"].max(axis=(1, 2)) == 1) >= 32
+    replay.add(episode(20, value=2))  # evicts the prefill episode
+    assert replay.prefill_steps == 0
+    assert set(np.unique(replay.sample(64, 8, np.random.default_rng(0))["proprio"])) == {2.0}
+
+
+def test_a_restarted_replay_keeps_its_prefill_mark(tmp_path):
+    replay = Replay(ReplayConfig(capacity=1000, prefill_share=0.5), directory=tmp_path)
+    for _ in range(2):
+        replay.add(episode(10, value=1))
+    replay.mark_prefill()
+    for _ in range(3):
+        replay.add(episode(10, value=2))
+    restarted = Replay(ReplayConfig(capacity=1000, prefill_share=0.5), directory=tmp_path)
+    assert restarted.prefill_steps == 20
+    restarted.mark_prefill()  # a resumed loop calls it again: the mark from disk stands
+    assert restarted.prefill_steps == 20
+    assert Replay(ReplayConfig(capacity=35), directory=tmp_path).prefill_steps == 0  # the prefill episodes no longer fit
+    assert Replay(ReplayConfig(capacity=45), directory=tmp_path).prefill_steps == 10  # one of them does
+
+    # A mark made before any episode was stored (no prefill) still counts: nothing later is taken for random.
+    empty = tmp_path / "empty"
+    Replay(ReplayConfig(), directory=empty).mark_prefill()
+    later = Replay(ReplayConfig(), directory=empty)
+    later.add(episode(10, value=2))
+    later.mark_prefill()
+    assert later.prefill_steps == 0
+
+    (tmp_path / "prefill.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="Unreadable prefill mark"):
+        damaged = Replay(ReplayConfig(capacity=1000), directory=tmp_path)
+    damaged.mark_prefill()
+    assert damaged.prefill_steps == 0 and damaged.num_episodes == 5
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_lengths"])
 def test_a_corrupt_chunk_is_skipped_with_a_warning_naming_it(tmp_path, damage):
     store = EpisodeStore(tmp_path)
@@ -157,3 +220,5 @@ def test_bad_input(tmp_path):
         replay.add({"image": np.zeros((3, 8, 8, 3), np.uint8)})
     with pytest.raises(ValueError, match="capacity must be"):
         Replay(ReplayConfig(capacity=0))
+    with pytest.raises(ValueError, match=r"prefill_share must be in \[0, 1\); got 1.0"):
+        Replay(ReplayConfig(prefill_share=1.0))

@@ -37,6 +37,11 @@ def test_losses_are_finite_and_fall(run):
     # 200 agent steps, all inside one unfinished 500-step episode: the stop writes it to the
     # replay, cut where it stands, so the resume below trains on every step collected so far.
     assert sum(int(p.stem.split("-")[-1]) for p in (run / "replay").glob("*.npz")) >= 200
+    # When the prefill's 100 random steps ended, the loop marked the episodes they finished for
+    # --replay.prefill-share: the first 50-step one only, as the vector env's autoreset takes a
+    # step of its own, so the second was a step short of its end and takes one policy action.
+    names = sorted(p.name for p in (run / "replay").glob("*.npz"))
+    assert json.loads((run / "replay" / "prefill.json").read_text()) == {"last": names[0]}
 
 
 def test_resume_continues_the_counters_and_keeps_the_replay_once(run):
@@ -88,6 +93,7 @@ def test_a_field_added_since_the_run_started_counts_as_its_default():
     (["--agent.lam", "2"], "agent.lam"),
     (["--mpc.elites", "999"], "mpc.elites"),
     (["--devices", "3"], "devices=3"),
+    (["--replay.prefill-share", "0.3", "--prefill", "0"], "replay.prefill_share=0.3"),
 ])
 def test_bad_config_fails_before_any_work_with_the_field_name(flags, message, capsys):
     # Checks inside a nested config run while tyro builds it: tyro prints them and exits.

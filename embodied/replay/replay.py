@@ -13,18 +13,30 @@ Eviction drops whole episodes, oldest first, so memory never exceeds
 `capacity` steps. With a `directory`, every added episode is written there as a
 chunk file, and a new replay on the same directory reloads the newest episodes
 that fit its capacity: a killed run resumes with its data, and no more memory.
+
+`mark_prefill()` marks the episodes stored so far (a training loop's prefill of
+uniformly random actions), and `prefill_share` of every batch is then drawn from
+them for as long as they are held. Once a policy acts nearly deterministically,
+its states alone predict its actions, and a world model trained only on its
+episodes learns little of what an action does; the random episodes keep showing it.
+The mark is kept beside the episodes (`prefill.json`, the last marked file's name).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
+import pathlib
+import warnings
 from typing import Literal
 
 import numpy as np
 
 from embodied.replay.store import Episode, EpisodeStore, check_episode
+
+PREFILL_MARK = "prefill.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +47,8 @@ class ReplayConfig:
     """`uniform` over all stored sequences, or `recent`: sequence ages (in steps back from the newest) drawn from an exponential with `half_life`."""
     half_life: int = 50_000
     """With `recent`: a sequence this many steps old is half as likely as the newest one."""
+    prefill_share: float = 0.0
+    """Share of each batch drawn from the prefill's episodes of random actions (see `Replay.mark_prefill`), while the replay holds them; 0 draws every sequence alike."""
 
 
 class Replay:
@@ -47,15 +61,24 @@ class Replay:
             raise ValueError(f"Replay sampling must be 'uniform' or 'recent'; got {config.sampling!r}.")
         if config.half_life < 1:
             raise ValueError(f"Replay half_life must be >= 1 step; got {config.half_life}.")
+        if not 0.0 <= config.prefill_share < 1.0:
+            raise ValueError(f"Replay prefill_share must be in [0, 1); got {config.prefill_share}.")
         self.config = config
         self.store = EpisodeStore(directory) if directory is not None else None
         self._arrays: dict[str, np.ndarray] | None = None
         self._specs: dict[str, tuple[tuple[int, ...], np.dtype]] | None = None
         self._episodes: collections.deque[tuple[int, int]] = collections.deque()  # (start, length), logical
         self._end = 0  # logical index one past the newest step; physical index = logical % capacity
+        self._marked = False  # whether mark_prefill has run (here or, read from disk, in an earlier process)
+        self._prefill_steps = 0  # steps held of the prefill's episodes: always the oldest ones
+        self._last_path: pathlib.Path | None = None
         if self.store is not None:
-            for _, episode in self.store.load(max_steps=config.capacity):
+            last = self._read_mark()
+            for path, episode in self.store.load(max_steps=config.capacity):
                 self._insert(episode)
+                if last is not None and path.name <= last:  # names sort in insertion order
+                    self._prefill_steps += self._episodes[-1][1]
+                self._last_path = path
 
     def __len__(self) -> int:
         """Steps stored."""
@@ -69,16 +92,54 @@ class Replay:
         """Stores a finished episode (dict of arrays [T, ...]) and writes it to disk."""
         self._insert(episode)
         if self.store is not None:
-            self.store.save(episode)
+            self._last_path = self.store.save(episode)
+
+    @property
+    def prefill_steps(self) -> int:
+        """Steps held of the episodes `mark_prefill` marked."""
+        return self._prefill_steps
+
+    def mark_prefill(self) -> None:
+        """Marks the episodes stored so far as the prefill's, for `prefill_share`; only the first call counts,
+        in this process or, through the directory, in an earlier one (a resumed run keeps its mark)."""
+        if self._marked:
+            return
+        self._marked, self._prefill_steps = True, len(self)
+        if self.store is not None:  # written even with nothing marked, so that a resumed run does not mark its policy's episodes
+            marker = self.store.directory / PREFILL_MARK
+            tmp = marker.with_name(f".{PREFILL_MARK}.tmp")
+            tmp.write_text(json.dumps({"last": self._last_path.name if self._last_path else None}))
+            os.replace(tmp, marker)
 
     def sample(self, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """A batch of sequences: dict of arrays [B, T, ...]."""
         size = len(self)
         if size < length:
             raise ValueError(f"Replay holds {size} steps, fewer than the sequence length {length}: collect more data or sample shorter sequences.")
-        starts = self._sample_starts(batch, size - length + 1, rng)
+        prefill = self.prefill_steps
+        from_prefill = round(self.config.prefill_share * batch) if prefill >= length else 0
+        starts = self._sample_starts(batch - from_prefill, size - length + 1, rng)
+        if from_prefill:
+            oldest = self._episodes[0][0]
+            starts = rng.permutation(np.concatenate([starts, oldest + rng.integers(0, prefill - length + 1, size=from_prefill)]))
         index = (starts[:, None] + np.arange(length)) % self.config.capacity
         return {key: array[index] for key, array in self._arrays.items()}
+
+    def _read_mark(self) -> str | None:
+        """The name of the last prefill episode file, from the directory's mark; None if there is none."""
+        marker = self.store.directory / PREFILL_MARK
+        if not marker.exists():
+            return None
+        self._marked = True  # even if unreadable: marking again now would take the policy's episodes for random ones
+        try:
+            last = json.loads(marker.read_text())["last"]
+            if not isinstance(last, str | None):
+                raise TypeError(f"'last' is {type(last).__name__}, not a file name")
+            return last
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            warnings.warn(f"Unreadable prefill mark {marker} ({type(e).__name__}: {e}): no episodes count as the prefill's, "
+                          f"so prefill_share draws nothing from them. Delete the file to mark afresh.", stacklevel=3)
+            return None
 
     def _sample_starts(self, batch: int, count: int, rng: np.random.Generator) -> np.ndarray:
         """Logical start indices of `batch` sequences, among `count` possible."""
@@ -107,7 +168,8 @@ class Replay:
         elif specs != self._specs:
             raise ValueError(f"Episode does not match the replay's layout: got {_describe(specs)}, stored episodes have {_describe(self._specs)}.")
         while self._episodes and len(self) + length > capacity:
-            self._episodes.popleft()
+            _, dropped = self._episodes.popleft()
+            self._prefill_steps = max(self._prefill_steps - dropped, 0)
         index = (self._end + np.arange(length)) % capacity
         for key, array in self._arrays.items():
             array[index] = episode[key]
