@@ -57,11 +57,13 @@ def measure(args: Measure) -> dict[str, dict]:
                              f"this one has proprio {loaded.model.spec.proprio} and {loaded.model.spec.action} actions.")
         effects = {m: action_effect(loaded.model, 2, points=args.points, seed=args.seed, push=m) for m in PUSHES}
         results[str(run)] = {m: {"real_deg": float(np.mean(e["real_deg"])), "model_deg": float(np.mean(e["model_deg"])),
-                                 "model_deg_per_point": e["model_deg"]} for m, e in effects.items()}
+                                 "model_deg_per_point": e["model_deg"],
+                                 **({"y_deg": float(np.mean(e["y_deg"]))} if "y_deg" in e else {})} for m, e in effects.items()}
         print(f"{run} (step {loaded.step}): pole angle 10 steps after a push of +m against -m, mean of {args.points} states (degrees)")
         for m, r in results[str(run)].items():
             print(f"  m={m:<4}  simulator {r['real_deg']:6.2f}  world model {r['model_deg']:6.2f}  "
-                  f"ratio {r['model_deg'] / r['real_deg']:5.2f}   per state " + " ".join(f"{x:5.1f}" for x in r["model_deg_per_point"]))
+                  f"ratio {r['model_deg'] / r['real_deg']:5.2f}   per state " + " ".join(f"{x:5.1f}" for x in r["model_deg_per_point"])
+                  + (f"   backbone output (next_proprio head) {r['y_deg']:6.2f}" if "y_deg" in r else ""))
     return results
 
 

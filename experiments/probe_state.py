@@ -153,7 +153,10 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
     """How far one action moves the pole `horizon` agent steps later, in the simulator and in the world
     model: the pole angle after a push of +`push` and then nothing, minus the angle after -`push` and
     then nothing, from the same state (imagination: the mean over `samples` rollouts from the episode
-    so far), at `points` states 20 agent steps apart of an LQR-balanced episode. Degrees, one per point."""
+    so far), at `points` states 20 agent steps apart of an LQR-balanced episode. Degrees, one per point.
+    `model_deg` reads the angle from the last imagined latent (decoded); a model with a `next_proprio`
+    head also gives `y_deg`, the angle that head reads from the backbone output before it, which is
+    continuous where the latent is quantised."""
     from dm_control import suite
 
     env = suite.load("cartpole", "balance", task_kwargs={"random": seed})
@@ -171,12 +174,15 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
         start = jax.tree.map(lambda x: jnp.repeat(x, 2 * samples, 0), model.start(batch, key))
         pushes = jnp.repeat(jnp.array([push, -push]), samples)
         actions = jnp.zeros((2 * samples, horizon, model.spec.action)).at[:, 0, 0].set(pushes)
-        end = dist.symexp(model.decode(imagine(model, None, start, horizon, key, actions=actions).latents[:, -1])["proprio"])
-        angle = jnp.arctan2(end[:, 2], end[:, 1]).reshape(2, samples).mean(1)
-        return angle[0] - angle[1]
+        traj = imagine(model, None, start, horizon, key, actions=actions)
+        ends = [dist.symexp(model.decode(traj.latents[:, -1], y=traj.features[:, -1, :model.config.backbone.dim])["proprio"])]
+        if model.config.next_proprio > 0:  # y_{H-1}, which the prior drew z_H from, regressed onto o_H
+            ends.append(dist.symexp(model.next_proprio(traj.features[:, -1, :model.config.backbone.dim])))
+        angles = [jnp.arctan2(end[:, 2], end[:, 1]).reshape(2, samples).mean(1) for end in ends]
+        return jnp.stack([angle[0] - angle[1] for angle in angles])
 
     env.reset()
-    seen, actions, real, model_effect = [observe()], [], [], []
+    seen, actions, real, model_effect, y_effect = [observe()], [], [], [], []
     for t in range(1, 20 * points + 1):
         action = float(np.clip(-(gain @ cartpole_state(seen[-1]))[0], -1.0, 1.0))
         if t % 20 == 0:
@@ -193,11 +199,13 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
             real.append(np.degrees(ends[0] - ends[1]))
             batch = {"proprio": jnp.asarray(np.stack(seen))[None], "action": jnp.asarray(actions + [[0.0]], jnp.float32)[None],
                      "is_first": (jnp.arange(len(seen)) == 0)[None]}
-            model_effect.append(float(np.degrees(imagined(batch, jax.random.key(seed + t)))))
+            effect = np.degrees(np.asarray(imagined(batch, jax.random.key(seed + t))))
+            model_effect.append(float(effect[0]))
+            y_effect.extend([float(effect[1])] if len(effect) > 1 else [])
         actions.append([action])
         agent_step(action)
         seen.append(observe())
-    return {"real_deg": [float(x) for x in real], "model_deg": model_effect}
+    return {"real_deg": [float(x) for x in real], "model_deg": model_effect, **({"y_deg": y_effect} if y_effect else {})}
 
 
 def main(args: Args) -> dict:
