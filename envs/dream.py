@@ -93,7 +93,7 @@ class Dream:
 def _observe(model: WorldModel, state: ImagineState, kind: Observation, start_frame, steps):
     if kind == "latent":
         return model.features(state.y, state.z)
-    out = model.decode(state.z, start_frame, distance=steps)
+    out = model.decode(state.z, start_frame, distance=steps, y=state.y)
     obs = {"image": _uint8(out["image"])}
     if "proprio" in out:
         obs["proprio"] = symexp(out["proprio"])  # the decoder predicts symlog(proprio)
@@ -101,7 +101,7 @@ def _observe(model: WorldModel, state: ImagineState, kind: Observation, start_fr
 
 
 def _frame(model: WorldModel, state: ImagineState, start_frame, steps) -> jax.Array:
-    return _uint8(model.decode(state.z, start_frame, distance=steps)["image"])
+    return _uint8(model.decode(state.z, start_frame, distance=steps, y=state.y)["image"])
 
 
 def _uint8(image: jax.Array) -> jax.Array:

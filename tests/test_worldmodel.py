@@ -352,3 +352,30 @@ def test_probe_state_reports_the_decoded_posterior_modes_error_per_dimension():
     assert rms.shape == (3,) and (rms > 0).all()
     with pytest.raises(ValueError, match="proprio observations only"):
         decode_error(WorldModel(TINY, SPEC, rngs=nnx.Rngs(0)), proprio)
+
+
+def test_decoding_from_features_reads_the_previous_backbone_output_and_trains_the_backbone():
+    model = WorldModel(dataclasses.replace(TINY, decode_from="features"), SPEC, rngs=nnx.Rngs(0))
+    data, key = batch(T=6), jax.random.key(0)
+    data["is_first"][:, 3] = True
+    observation = model.observe(data, key)
+    loss, metrics = model.loss_of(data, observation)
+    # o_t is drawn from [y_{t-1}, z_t]: y_{t-1} zero at the sequence's start and at an episode's start.
+    y_prev = np.asarray(model.previous_outputs(data, observation.y))
+    np.testing.assert_array_equal(y_prev[:, [0, 3]], 0.0)
+    np.testing.assert_array_equal(y_prev[:, 4], np.asarray(observation.y)[:, 3])
+    recon = model.decode(observation.z, y=y_prev)
+    expected = ((np.asarray(recon["image"]) - (data["image"] / 255.0 - 0.5)) ** 2).sum((-3, -2, -1)).mean()
+    np.testing.assert_allclose(metrics["image_loss"], expected, rtol=1e-5)
+    # The reconstruction trains the backbone (with decode_from="latent" only the KL and the heads do).
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    grads = jax.grad(lambda p: nnx.merge(graphdef, p, rest).loss(data, key)[1]["image_loss"])(params)
+    assert float(optax.tree.norm(grads["backbone"])) > 0
+    # Imagination and acting states carry the y each latent was drawn from.
+    start = model.start(data, key)
+    traj = imagine(model, lambda feat, k: jnp.tanh(feat[:, :2]), start, 4, key, decode=True)
+    assert traj.frames.shape == (2, 4, 16, 16, 3)
+    with pytest.raises(ValueError, match="decodes from the features.*pass y="):
+        model.decode(observation.z)
+    with pytest.raises(ValueError, match="model.decode_from='both' cannot work.*'latent' or 'features'"):
+        dataclasses.replace(TINY, decode_from="both")

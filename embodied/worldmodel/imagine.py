@@ -56,5 +56,6 @@ def imagine(model: WorldModel, policy: Policy | None, start: ImagineState, horiz
     frames = None
     if decode and model.spec.image is not None:
         distance = jnp.arange(1, z.shape[1] + 1)  # imagined step k is k steps after the start's frame
-        frames = jnp.clip(model.decode(z, None if context is None else context[:, None], distance=distance)["image"] + 0.5, 0.0, 1.0)
+        y = f[:, 1:, : model.config.backbone.dim]  # the output each latent was drawn from
+        frames = jnp.clip(model.decode(z, None if context is None else context[:, None], distance=distance, y=y)["image"] + 0.5, 0.0, 1.0)
     return Trajectory(z, a, r, c, f, frames)

@@ -15,7 +15,7 @@ Shapes: B batch, T time, V latent variables of K classes, D backbone width, A ac
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +98,14 @@ class WorldModelConfig:
     """With `frames=2`: the decoder draws o_{t-1} from z_t as well as o_t (6 output channels, both
     reconstruction losses summed), so that z_t must hold both frames' positions and with them
     the velocities, which one frame cannot show. Decoding for users still returns o_t."""
+    decode_from: Literal["latent", "features"] = "latent"
+    """What the decoders read. latent: z_t alone. features: [y_{t-1}, z_t], what a policy sees, as
+    DreamerV3's decoder reads its recurrent state beside z_t. z_t, encoded from its own frame, holds
+    the state only to its quantisation, and the prior over it learns nothing of an effect too small
+    to change a class: an action's effect within a step or two, or the whole effect of an action
+    its state already predicts (a policy's own). With features the reconstruction also trains the
+    backbone, through a continuous path, to carry what z_t misses and what the last action did.
+    Decoding then needs the backbone output as well (`decode(..., y=)`)."""
 
     def __post_init__(self):
         require(self, {"decoder_flow": (self.decoder_skip or not self.decoder_flow,
@@ -111,7 +119,8 @@ class WorldModelConfig:
                        "decoder_distance": (self.decoder_skip or not self.decoder_distance,
                                             "False unless decoder_skip is True (the distance is to the frame it draws from)"),
                        "decode_previous": (self.frames == 2 or not self.decode_previous,
-                                           "False unless frames is 2 (the previous frame is the encoder's second input)")},
+                                           "False unless frames is 2 (the previous frame is the encoder's second input)"),
+                       "decode_from": (self.decode_from in ("latent", "features"), "'latent' or 'features'")},
                 prefix="model.")
 
 
@@ -158,6 +167,7 @@ class WorldModel(nnx.Module):
         self.config, self.spec = config, spec
         V, K, D, Hd = config.latent_vars, config.latent_classes, config.backbone.dim, config.hidden
         self.latent = V * K
+        decoded = self.latent + D * (config.decode_from == "features")  # what the decoders read
         enc_features = 0
         if config.frames > 1 and spec.image is None:
             raise ValueError(f"model.frames={config.frames} stacks earlier image frames for the encoder, but the data has "
@@ -165,13 +175,13 @@ class WorldModel(nnx.Module):
         if spec.image is not None:
             self.encoder = Encoder(spec.image[:2], config.depth, config.mults, channels=3 * config.frames,
                                    patch=config.patch, rngs=rngs)
-            self.decoder = Decoder(self.latent + DISTANCES * config.decoder_distance, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip,
+            self.decoder = Decoder(decoded + DISTANCES * config.decoder_distance, spec.image[:2], config.depth, config.mults, skip=config.decoder_skip,
                                    flow=config.decoder_flow, patch=config.patch, colours=3 * (1 + config.decode_previous),
                                    rngs=rngs)
             enc_features += self.encoder.out_features
         if spec.proprio is not None:
             self.proprio_in = nnx.Linear(spec.proprio, Hd, rngs=rngs)
-            self.proprio_out = nnx.Sequential(nnx.Linear(self.latent, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, spec.proprio, rngs=rngs))
+            self.proprio_out = nnx.Sequential(nnx.Linear(decoded, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, spec.proprio, rngs=rngs))
             enc_features += Hd
         self.posterior = nnx.Linear(enc_features, self.latent, rngs=rngs)
         self.in_proj = nnx.Linear(self.latent + spec.action, D, rngs=rngs)
@@ -246,14 +256,21 @@ class WorldModel(nnx.Module):
         return self.reward(feat).astype(jnp.float32), self.cont(feat)[..., 0].astype(jnp.float32)
 
     def decode(self, z: jax.Array, context: jax.Array | None = None, keep: jax.Array | None = None,
-               distance: jax.Array | None = None) -> dict[str, jax.Array]:
-        """Reconstructions of latents z (..., V, K). `context`: with `decoder_skip`, the real uint8
+               distance: jax.Array | None = None, y: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Reconstructions of latents z (..., V, K). `y` (..., D): with `decode_from="features"`, the
+        backbone output before each z (y_{t-1} beside z_t: the state's `y`, zeros at an episode's
+        start; in a `Trajectory`, `features[:, 1:, :D]`). `context`: with `decoder_skip`, the real uint8
         frame (..., H, W, 3) each image is drawn from, leading dims broadcastable to z's; `keep`
         (z's leading dims) 0 where that frame is from another episode: the decoder's skip input is
         then all zeros (the frame too), and training teaches it to draw such frames from z.
         `distance` (int, broadcastable to z's leading dims): with `decoder_distance`, the steps
         from the context frame to each frame drawn."""
         flat = z.reshape(*z.shape[:-2], -1).astype(self.dtype)
+        if self.config.decode_from == "features":
+            if y is None:
+                raise ValueError("This world model decodes from the features [y_{t-1}, z_t] (decode_from='features'): pass "
+                                 "y=, the backbone output before each latent (zeros at an episode's start).")
+            flat = jnp.concatenate([jnp.broadcast_to(y, (*flat.shape[:-1], y.shape[-1])).astype(self.dtype), flat], -1)
         out = {}
         if self.spec.image is not None:
             image_in = flat
@@ -306,7 +323,7 @@ class WorldModel(nnx.Module):
         c = self.config
         post, z, y = observation.post, observation.z, observation.y
         metrics = {}
-        recon = self.reconstruct(batch, z)
+        recon = self.reconstruct(batch, z, self.previous_outputs(batch, y) if c.decode_from == "features" else None)
         loss = 0.0
         if "image" in recon:
             image_error = lambda drawn, frame: ((drawn - (frame.astype(jnp.float32) / 255.0 - 0.5)) ** 2).sum((-3, -2, -1)).mean()  # noqa: E731
@@ -343,14 +360,23 @@ class WorldModel(nnx.Module):
                        post_entropy=-(jax.nn.softmax(post) * jax.nn.log_softmax(post)).sum((-2, -1)).mean())
         return loss, metrics
 
-    def reconstruct(self, batch: dict, z: jax.Array) -> dict[str, jax.Array]:
-        """What training reconstructs every step of a batch [B, T] from: z_t alone; with `decoder_skip`,
+    def reconstruct(self, batch: dict, z: jax.Array, y_prev: jax.Array | None = None) -> dict[str, jax.Array]:
+        """What training reconstructs every step of a batch [B, T] from: z_t alone, or with
+        `decode_from="features"` y_{t-1} beside it (`y_prev`, `previous_outputs`); with `decoder_skip`,
         also the sequence's first frame, up to the first episode start inside the sequence."""
         if not self.config.decoder_skip or self.spec.image is None:
-            return self.decode(z)
+            return self.decode(z, y=y_prev)
         same_episode = jnp.cumsum(batch["is_first"][:, 1:], 1) == 0
         keep = jnp.concatenate([jnp.ones_like(same_episode[:, :1]), same_episode], 1)
-        return self.decode(z, batch["image"][:, :1], keep, distance=jnp.arange(z.shape[1]))
+        return self.decode(z, batch["image"][:, :1], keep, distance=jnp.arange(z.shape[1]), y=y_prev)
+
+    @staticmethod
+    def previous_outputs(batch: dict, y: jax.Array) -> jax.Array:
+        """y_{t-1} at every step of real data [B, T] from the backbone outputs y (B, T, D): zeros at the
+        sequence's first step (its carry is fresh) and at every episode's first step, as `act_step`
+        and `starts` have it."""
+        shifted = jnp.concatenate([jnp.zeros_like(y[:, :1]), y[:, :-1]], 1)
+        return jnp.where(batch["is_first"][..., None], 0.0, shifted)
 
     def imagine_step(self, state: ImagineState, action: jax.Array, key: jax.Array):
         """One recurrent step under `action` (B, A): (next state, reward (B,), continue probability (B,)).
@@ -400,10 +426,9 @@ class WorldModel(nnx.Module):
         fresh = jax.tree.map(lambda c: jnp.broadcast_to(c[:, None], (B, 1, *c.shape[1:])), self.backbone.init_carry(B))
         shift = lambda init, x: jnp.concatenate([init, x[:, :-1]], 1)  # noqa: E731
         carry = jax.tree.map(shift, fresh, observation.carries)
-        y = shift(jnp.zeros_like(observation.y[:, :1]), observation.y)
         first = batch["is_first"]
         carry = jax.tree.map(lambda f, c: jnp.where(first.reshape(B, T, *[1] * (c.ndim - 2)), f, c), fresh, carry)
-        y = jnp.where(first[..., None], 0.0, y)
+        y = self.previous_outputs(batch, observation.y)
         return jax.lax.stop_gradient(ImagineState(carry, y, observation.z))
 
     def initial_state(self, batch: int) -> ImagineState:
