@@ -39,9 +39,6 @@ class Driver:
         self._is_first = None
         self._buffers: list[list[dict]] = [[] for _ in range(envs.num_envs)]
         self._action_shape = envs.single_action_space.shape
-        self.applied = 0
-        """Actions the environments applied in the last `step` call: one per environment and vector
-        step, less the steps that only reset an environment (NEXT_STEP mode ignores their action)."""
 
     def reset(self, seed: int | None = None) -> None:
         self._obs, _ = self.envs.reset(seed=seed)
@@ -56,7 +53,7 @@ class Driver:
         """Takes `steps` vector steps; returns the number of episodes finished."""
         if self._obs is None:
             self.reset()
-        finished = self.applied = 0
+        finished = 0
         for _ in range(steps):
             obs = {**self._obs, "is_first": self._is_first}
             action = np.asarray(policy(obs), np.float32)
@@ -76,7 +73,6 @@ class Driver:
                 if self._last[i]:
                     self._finish(i)
                     finished += 1
-            self.applied += int((~self._last).sum())
             obs, reward, terminated, truncated, _ = self.envs.step(action)
             self._is_first = self._last.copy()
             self._obs = obs

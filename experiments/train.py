@@ -308,14 +308,13 @@ def train(config: Config) -> dict:
                     ready = all_processes(len(replay) >= config.length)
                 prefilling = counters["env_steps"] < config.prefill or not ready
                 driver.step(random_actions if prefilling else acting, 1)
-                # Simulator steps: a step that only resets an environment (its action is ignored) is not one.
-                counters["env_steps"] += driver.applied * repeat
-                window["env_steps"] += driver.applied * repeat
-                bar.update(driver.applied * repeat)
+                counters["env_steps"] += config.env.envs * repeat
+                window["env_steps"] += config.env.envs * repeat
+                bar.update(config.env.envs * repeat)
 
                 if not prefilling:
                     replay.mark_prefill()  # the episodes so far were random actions: prefill_share draws from them
-                    counters["debt"] += driver.applied * config.train_ratio / per_update
+                    counters["debt"] += config.env.envs * config.train_ratio / per_update
                     while counters["debt"] >= 1.0:
                         key, step_key = jax.random.split(key)
                         batch = {k: v for k, v in replay.sample(config.batch // processes, config.length, sampler).items() if k != "is_last"}

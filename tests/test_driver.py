@@ -29,17 +29,6 @@ def test_gymnasium_flags_map_to_replay_flags_on_truncation():
         assert np.isclose(stats.score, episode["reward"].sum())
 
 
-def test_applied_actions_leave_out_the_steps_that_only_reset():
-    vector = envs.make_vector("dmc/cartpole-swingup", 2, asynchronous=False, pixels=False, time_limit=5)
-    driver = Driver(vector, lambda episode, stats: None)
-    driver.reset(seed=0)
-    policy = random_policy(vector.single_action_space, seed=0)
-    driver.step(policy, 5)
-    assert driver.applied == 10  # 5 steps of each of 2 workers' first episode
-    driver.step(policy, 2)
-    assert driver.applied == 2  # the autoreset step, whose action is ignored, then one applied step each
-
-
 def test_flush_saves_the_episodes_in_progress_as_truncations_and_the_next_step_resets():
     vector = envs.make_vector("dmc/cartpole-swingup", 2, asynchronous=False, pixels=False, time_limit=5)
     finished, flushed = [], []

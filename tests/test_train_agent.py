@@ -37,11 +37,11 @@ def test_losses_are_finite_and_fall(run):
     # 200 agent steps, all inside one unfinished 500-step episode: the stop writes it to the
     # replay, cut where it stands, so the resume below trains on every step collected so far.
     assert sum(int(p.stem.split("-")[-1]) for p in (run / "replay").glob("*.npz")) >= 200
-    # When the prefill's 100 random actions ended, the loop marked the episodes they finished for
-    # --replay.prefill-share: both 50-step ones. The vector env's autoreset takes a step of its own,
-    # which applies no action and is not counted as an environment step.
+    # When the prefill's 100 random steps ended, the loop marked the episodes they finished for
+    # --replay.prefill-share: the first 50-step one only, as the vector env's autoreset takes a
+    # step of its own, so the second was a step short of its end and takes one policy action.
     names = sorted(p.name for p in (run / "replay").glob("*.npz"))
-    assert json.loads((run / "replay" / "prefill.json").read_text()) == {"last": names[1]}
+    assert json.loads((run / "replay" / "prefill.json").read_text()) == {"last": names[0]}
 
 
 def test_resume_continues_the_counters_and_keeps_the_replay_once(run):
