@@ -3,12 +3,14 @@
     python -m experiments.action_effect measure --runs RUN [RUN ...]
     python -m experiments.action_effect collect --out data/balance-lqr-0.15 --noise 0.15
 
-`measure`: for each cartpole world model with proprio observations (the run directory of
-experiments.train or experiments.train_world_model), the pole angle 10 agent steps after a
+`measure`: for each cartpole world model (the run directory of experiments.train or
+experiments.train_world_model), the pole angle 10 agent steps after a
 push of +m against one of -m, then no force, in the simulator and imagined, at 8 states of an
 LQR-balanced episode (`probe_state.action_effect`), for m = 0.25, 0.5 and 1. The simulator is
 linear there: its effect grows with m. A world model that imagines much less gives an actor
-little reason to push.
+little reason to push. A model that decodes proprio observations reads the imagined angle from
+them; one that sees pixels only, through a linear read-out of its features fitted on real episodes
+(`angle_readout`), which reads the real angle to its held-out R^2.
 
 `collect`: `dmc/cartpole-balance` episodes under LQR plus Gaussian action noise, a stand-in
 for a good policy that acts almost deterministically, for experiments.train_world_model.
@@ -30,7 +32,7 @@ PUSHES = (0.25, 0.5, 1.0)
 @dataclasses.dataclass(frozen=True)
 class Measure:
     runs: tuple[pathlib.Path, ...]
-    """Run directories with a cartpole world model that reads proprio observations."""
+    """Run directories with a cartpole world model (pixels, proprio or both)."""
     points: int = 8
     seed: int = 0
 
@@ -45,6 +47,28 @@ class Collect:
     seed: int = 0
 
 
+def angle_readout(model, episodes: int = 6, noise: float = 1.0, seed: int = 0):
+    """A ridge read-out of the pole angle from a cartpole world model's features [y_{t-1}, z_t],
+    fitted on noisy-LQR episodes (`experiments.probe_features`): (features (N, F) -> angle (N,)
+    in radians, its held-out R^2, its held-out slope). A ridge read-out shrinks towards the mean:
+    the slope (the read angle's regression on the true one, below 1) is how much of a real change
+    in angle it reads, so an imagined effect read through it compares with the simulator's times
+    the slope."""
+    import jax.numpy as jnp
+
+    from experiments.probe_features import features, ridge_fit, ridge_predict, ridge_r2
+
+    size = model.spec.image[0] if model.spec.image is not None else 64
+    y, z, state = features(model, episodes, noise, seed, size)
+    x, angle = np.c_[y, z], state[:, 1:2]
+    split = len(x) * 2 // 3
+    r2 = float(ridge_r2(x[:split], angle[:split], x[split:], angle[split:])[0][0])
+    held_out = ridge_predict(ridge_fit(x[:split], angle[:split]), x[split:])[:, 0]
+    slope = float(np.cov(held_out, angle[split:, 0])[0, 1] / angle[split:, 0].var(ddof=1))
+    fit = tuple(jnp.asarray(a, jnp.float32) for a in ridge_fit(x, angle))
+    return (lambda f: ridge_predict(fit, f)[..., 0]), r2, slope
+
+
 def measure(args: Measure) -> dict[str, dict]:
     from embodied.worldmodel.io import load
     from experiments.probe_state import action_effect
@@ -52,18 +76,27 @@ def measure(args: Measure) -> dict[str, dict]:
     results = {}
     for run in args.runs:
         loaded = load(run)
-        if loaded.model.spec.proprio != 5 or loaded.model.spec.action != 1:
-            raise ValueError(f"{run}: a cartpole world model with proprio observations (5 numbers) and one action is needed; "
-                             f"this one has proprio {loaded.model.spec.proprio} and {loaded.model.spec.action} actions.")
-        effects = {m: action_effect(loaded.model, 2, points=args.points, seed=args.seed, push=m) for m in PUSHES}
-        results[str(run)] = {m: {"real_deg": float(np.mean(e["real_deg"])), "model_deg": float(np.mean(e["model_deg"])),
-                                 "model_deg_per_point": e["model_deg"],
-                                 **({"y_deg": float(np.mean(e["y_deg"]))} if "y_deg" in e else {})} for m, e in effects.items()}
-        print(f"{run} (step {loaded.step}): pole angle 10 steps after a push of +m against -m, mean of {args.points} states (degrees)")
-        for m, r in results[str(run)].items():
-            print(f"  m={m:<4}  simulator {r['real_deg']:6.2f}  world model {r['model_deg']:6.2f}  "
-                  f"ratio {r['model_deg'] / r['real_deg']:5.2f}   per state " + " ".join(f"{x:5.1f}" for x in r["model_deg_per_point"])
-                  + (f"   backbone output (next_proprio head) {r['y_deg']:6.2f}" if "y_deg" in r else ""))
+        spec = loaded.model.spec
+        if spec.action != 1 or spec.proprio not in (None, 5) or (spec.image is not None and spec.image[2] != 3):
+            raise ValueError(f"{run}: a cartpole world model (one action, proprio of 5 numbers if any, RGB frames if any) "
+                             f"is needed; this one has spec {spec}.")
+        readout, r2, slope = angle_readout(loaded.model, seed=args.seed) if spec.image is not None else (None, None, 1.0)
+        effects = {m: action_effect(loaded.model, 2, points=args.points, seed=args.seed, push=m, readout=readout) for m in PUSHES}
+        readings = [name for name in ("model_deg", "y_deg", "readout_deg") if name in effects[PUSHES[0]]]
+        main_reading = readings[0]
+        results[str(run)] = {m: {"real_deg": float(np.mean(e["real_deg"])), **{name: float(np.mean(e[name])) for name in readings},
+                                 "per_point": e[main_reading]} for m, e in effects.items()}
+        if r2 is not None:
+            results[str(run)]["readout"] = {"r2": r2, "slope": slope}
+        print(f"{run} (step {loaded.step}): pole angle 10 steps after a push of +m against -m, mean of {args.points} states (degrees)"
+              + (f"; the world model's angle is read linearly from its features (held-out R^2 {r2:.2f}, slope {slope:.2f}: "
+                 "the ratio divides by it)" if r2 is not None else ""))
+        labels = {"model_deg": "world model", "y_deg": "backbone output (next_proprio head)", "readout_deg": "linear read-out"}
+        seen_share = slope if main_reading == "readout_deg" else 1.0  # of a real change in angle, what the reading shows
+        for m in PUSHES:
+            r = results[str(run)][m]
+            print(f"  m={m:<4}  simulator {r['real_deg']:6.2f}  " + "  ".join(f"{labels[name]} {r[name]:6.2f}" for name in readings)
+                  + f"  ratio {r[main_reading] / (r['real_deg'] * seen_share):5.2f}   per state " + " ".join(f"{x:5.1f}" for x in r["per_point"]))
     return results
 
 

@@ -41,15 +41,24 @@ class Args:
     seed: int = 0
 
 
+def ridge_fit(x: np.ndarray, y: np.ndarray, strength: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge regression of each column of y on standardised x (penalty `strength` per feature):
+    (mean, scale, weights), read out as `np.c_[(x - mean) / scale, 1] @ weights` (`ridge_predict`)."""
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    a = np.c_[(x - mean) / scale, np.ones(len(x))]
+    return mean, scale, np.linalg.solve(a.T @ a + strength * x.shape[1] * np.eye(a.shape[1]), a.T @ y)
+
+
+def ridge_predict(fit: tuple[np.ndarray, np.ndarray, np.ndarray], x):
+    """`ridge_fit`'s read-out of x (..., F); works on NumPy and JAX arrays alike."""
+    mean, scale, weights = fit
+    return ((x - mean) / scale) @ weights[:-1] + weights[-1]
+
+
 def ridge_r2(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
              strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression of each column of y on standardised x (penalty `strength` per feature):
-    held-out R^2 and RMS error, one per column of y."""
-    mean, scale = train_x.mean(0), train_x.std(0) + 1e-6
-    design = lambda x: np.c_[(x - mean) / scale, np.ones(len(x))]  # noqa: E731
-    a, b = design(train_x), design(test_x)
-    weights = np.linalg.solve(a.T @ a + strength * train_x.shape[1] * np.eye(a.shape[1]), a.T @ train_y)
-    error = b @ weights - test_y
+    """`ridge_fit` on the training rows: held-out R^2 and RMS error, one per column of y."""
+    error = ridge_predict(ridge_fit(train_x, train_y, strength), test_x) - test_y
     rms = np.sqrt((error**2).mean(0))
     return 1.0 - rms**2 / test_y.var(0), rms
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ import numpy as np
 import tyro
 
 import envs
+from envs.render import FastRenderer
 from embodied.nn import distributions as dist
 from embodied.worldmodel import WorldModel, imagine
 from experiments.train import load
@@ -149,20 +151,25 @@ def control_check(agent, state, action_repeat: int, episodes: int, seed: int, re
 
 
 def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, points: int = 8, samples: int = 64,
-                  seed: int = 0, push: float = 1.0) -> dict:
+                  seed: int = 0, push: float = 1.0, readout: Callable[[jax.Array], jax.Array] | None = None) -> dict:
     """How far one action moves the pole `horizon` agent steps later, in the simulator and in the world
     model: the pole angle after a push of +`push` and then nothing, minus the angle after -`push` and
     then nothing, from the same state (imagination: the mean over `samples` rollouts from the episode
     so far), at `points` states 20 agent steps apart of an LQR-balanced episode. Degrees, one per point.
     `model_deg` reads the angle from the last imagined latent (decoded); a model with a `next_proprio`
     head also gives `y_deg`, the angle that head reads from the backbone output before it, which is
-    continuous where the latent is quantised."""
+    continuous where the latent is quantised. A model that sees pixels is shown the frames rendered as
+    its environment renders them; `readout(features (N, F)) -> angle (N,)` in radians, a linear
+    read-out fitted on real features (`experiments.action_effect`), gives `readout_deg` from the
+    last imagined features [y_{H-1}, z_H], for a model whose decoder draws no proprio."""
     from dm_control import suite
 
     env = suite.load("cartpole", "balance", task_kwargs={"random": seed})
     physics, gain = env.physics, lqr_gain(action_repeat)
     substeps = round(env.control_timestep() / physics.timestep())
     observe = lambda: np.concatenate(list(env.task.get_observation(physics).values())).astype(np.float32)  # noqa: E731
+    renderer = None if model.spec.image is None else FastRenderer(physics.model.ptr, *model.spec.image[:2], camera=0)
+    decodes = model.spec.proprio is not None
 
     def agent_step(action: float) -> None:
         physics.set_control([action])
@@ -175,14 +182,22 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
         pushes = jnp.repeat(jnp.array([push, -push]), samples)
         actions = jnp.zeros((2 * samples, horizon, model.spec.action)).at[:, 0, 0].set(pushes)
         traj = imagine(model, None, start, horizon, key, actions=actions)
-        ends = [dist.symexp(model.decode(traj.latents[:, -1], y=traj.features[:, -1, :model.config.backbone.dim])["proprio"])]
-        if model.config.next_proprio > 0:  # y_{H-1}, which the prior drew z_H from, regressed onto o_H
-            ends.append(dist.symexp(model.next_proprio(traj.features[:, -1, :model.config.backbone.dim])))
-        angles = [jnp.arctan2(end[:, 2], end[:, 1]).reshape(2, samples).mean(1) for end in ends]
-        return jnp.stack([angle[0] - angle[1] for angle in angles])
+        y = traj.features[:, -1, :model.config.backbone.dim]  # y_{H-1}, which the prior drew z_H from
+        ends = [dist.symexp(model.decode(traj.latents[:, -1], y=y)["proprio"])] if decodes else []
+        if model.config.next_proprio > 0:  # the next_proprio head regresses y_{H-1} onto o_H
+            ends.append(dist.symexp(model.next_proprio(y)))
+        angles = [jnp.arctan2(end[:, 2], end[:, 1]) for end in ends]
+        if readout is not None:
+            angles.append(readout(traj.features[:, -1]))
+        angles = [angle.reshape(2, samples).mean(1) for angle in angles]
+        return {name: angle[0] - angle[1] for name, angle in zip(names, angles)}
 
+    names = ["model_deg"] * decodes + ["y_deg"] * (model.config.next_proprio > 0) + ["readout_deg"] * (readout is not None)
+    if not names:
+        raise ValueError("This world model draws no proprio observation: pass a `readout` of the pole angle from its features.")
     env.reset()
-    seen, actions, real, model_effect, y_effect = [observe()], [], [], [], []
+    render = (lambda: renderer.render(physics.data.ptr)) if renderer is not None else None
+    seen, frames, actions, real, effects = [observe()], [render() if render else None], [], [], {name: [] for name in names}
     for t in range(1, 20 * points + 1):
         action = float(np.clip(-(gain @ cartpole_state(seen[-1]))[0], -1.0, 1.0))
         if t % 20 == 0:
@@ -197,15 +212,20 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
             physics.set_state(saved)
             physics.forward()
             real.append(np.degrees(ends[0] - ends[1]))
-            batch = {"proprio": jnp.asarray(np.stack(seen))[None], "action": jnp.asarray(actions + [[0.0]], jnp.float32)[None],
-                     "is_first": (jnp.arange(len(seen)) == 0)[None]}
-            effect = np.degrees(np.asarray(imagined(batch, jax.random.key(seed + t))))
-            model_effect.append(float(effect[0]))
-            y_effect.extend([float(effect[1])] if len(effect) > 1 else [])
+            batch = {"action": jnp.asarray(actions + [[0.0]], jnp.float32)[None], "is_first": (jnp.arange(len(seen)) == 0)[None]}
+            if model.spec.proprio is not None:
+                batch["proprio"] = jnp.asarray(np.stack(seen))[None]
+            if renderer is not None:
+                batch["image"] = jnp.asarray(np.stack(frames))[None]
+            for name, effect in imagined(batch, jax.random.key(seed + t)).items():
+                effects[name].append(float(np.degrees(effect)))
         actions.append([action])
         agent_step(action)
         seen.append(observe())
-    return {"real_deg": [float(x) for x in real], "model_deg": model_effect, **({"y_deg": y_effect} if y_effect else {})}
+        frames.append(render() if render else None)
+    if renderer is not None:
+        renderer.close()
+    return {"real_deg": [float(x) for x in real], **effects}
 
 
 def main(args: Args) -> dict:
