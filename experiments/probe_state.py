@@ -161,7 +161,9 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
     continuous where the latent is quantised. A model that sees pixels is shown the frames rendered as
     its environment renders them; `readout(features (N, F)) -> angle (N,)` in radians, a linear
     read-out fitted on real features (`experiments.action_effect`), gives `readout_deg` from the
-    last imagined features [y_{H-1}, z_H], for a model whose decoder draws no proprio."""
+    last imagined features [y_{H-1}, z_H], for a model whose decoder draws no proprio, and
+    `posterior_deg`, the same read-out of the features after following the simulator's own
+    observations of each push: what the read-out sees of the real effect, to compare with."""
     from dm_control import suite
 
     env = suite.load("cartpole", "balance", task_kwargs={"random": seed})
@@ -192,40 +194,55 @@ def action_effect(model: WorldModel, action_repeat: int, horizon: int = 10, poin
         angles = [angle.reshape(2, samples).mean(1) for angle in angles]
         return {name: angle[0] - angle[1] for name, angle in zip(names, angles)}
 
+    @jax.jit
+    def filtered(batch, key):  # the read-out of the features [y, z] after following real observations to the end
+        start = model.start(batch, key)
+        return readout(model.features(start.y, start.z))[0]
+
+    def as_batch(observations: list, frames: list, actions: list) -> dict:
+        batch = {"action": jnp.asarray(actions + [[0.0]], jnp.float32)[None], "is_first": (jnp.arange(len(observations)) == 0)[None]}
+        if model.spec.proprio is not None:
+            batch["proprio"] = jnp.asarray(np.stack(observations))[None]
+        if renderer is not None:
+            batch["image"] = jnp.asarray(np.stack(frames))[None]
+        return batch
+
     names = ["model_deg"] * decodes + ["y_deg"] * (model.config.next_proprio > 0) + ["readout_deg"] * (readout is not None)
     if not names:
         raise ValueError("This world model draws no proprio observation: pass a `readout` of the pole angle from its features.")
     env.reset()
-    render = (lambda: renderer.render(physics.data.ptr)) if renderer is not None else None
-    seen, frames, actions, real, effects = [observe()], [render() if render else None], [], [], {name: [] for name in names}
+    render = (lambda: renderer.render(physics.data.ptr)) if renderer is not None else lambda: None
+    seen, frames, actions, real, effects, posterior = [observe()], [render()], [], [], {name: [] for name in names}, []
     for t in range(1, 20 * points + 1):
         action = float(np.clip(-(gain @ cartpole_state(seen[-1]))[0], -1.0, 1.0))
         if t % 20 == 0:
-            saved, ends = physics.get_state().copy(), []
+            saved, ends, read = physics.get_state().copy(), [], []
             for signed in (push, -push):
                 physics.set_state(saved)
                 physics.forward()
-                agent_step(signed)
-                for _ in range(horizon - 1):
-                    agent_step(0.0)
-                ends.append(cartpole_state(observe())[1])
+                branch, branch_frames = [], []
+                for pushed in [signed] + [0.0] * (horizon - 1):
+                    agent_step(pushed)
+                    branch.append(observe())
+                    branch_frames.append(render())
+                ends.append(cartpole_state(branch[-1])[1])
+                if readout is not None:
+                    pushes = [[signed]] + [[0.0]] * (horizon - 1)
+                    read.append(filtered(as_batch(seen + branch, frames + branch_frames, actions + pushes), jax.random.key(seed + t)))
             physics.set_state(saved)
             physics.forward()
             real.append(np.degrees(ends[0] - ends[1]))
-            batch = {"action": jnp.asarray(actions + [[0.0]], jnp.float32)[None], "is_first": (jnp.arange(len(seen)) == 0)[None]}
-            if model.spec.proprio is not None:
-                batch["proprio"] = jnp.asarray(np.stack(seen))[None]
-            if renderer is not None:
-                batch["image"] = jnp.asarray(np.stack(frames))[None]
-            for name, effect in imagined(batch, jax.random.key(seed + t)).items():
+            if read:
+                posterior.append(float(np.degrees(read[0] - read[1])))
+            for name, effect in imagined(as_batch(seen, frames, actions), jax.random.key(seed + t)).items():
                 effects[name].append(float(np.degrees(effect)))
         actions.append([action])
         agent_step(action)
         seen.append(observe())
-        frames.append(render() if render else None)
+        frames.append(render())
     if renderer is not None:
         renderer.close()
-    return {"real_deg": [float(x) for x in real], **effects}
+    return {"real_deg": [float(x) for x in real], **effects, **({"posterior_deg": posterior} if posterior else {})}
 
 
 def main(args: Args) -> dict:

@@ -45,7 +45,7 @@ def test_a_pixel_model_sees_the_environments_frames_and_its_push_effect_is_read_
     readout, r2, slope = angle_readout(model, episodes=3)
     assert np.isfinite(r2) and r2 <= 1.0 and np.isfinite(slope)
     effect = action_effect(model, action_repeat=2, points=2, samples=4, readout=readout)
-    assert set(effect) == {"real_deg", "readout_deg"} and len(effect["readout_deg"]) == 2
-    assert np.isfinite(effect["readout_deg"]).all() and -10 < effect["real_deg"][0] < -3
+    assert set(effect) == {"real_deg", "readout_deg", "posterior_deg"} and len(effect["readout_deg"]) == 2
+    assert np.isfinite(effect["readout_deg"] + effect["posterior_deg"]).all() and -10 < effect["real_deg"][0] < -3
     with pytest.raises(ValueError, match="pass a `readout`"):
         action_effect(model, action_repeat=2, points=1, samples=2)
