@@ -250,6 +250,10 @@ def main(args: Args) -> dict:
         raise ValueError(f"--steps must be >= 1 and --episodes >= 0; got {args.steps} and {args.episodes}.")
     config, agent, state, _ = load(args.checkpoint)
     model = agent.module("world_model", state.world_model)
+    if config.model.decode_from == "features":
+        raise ValueError(f"{args.checkpoint}: probe_state decodes each observation's posterior without its history, and this "
+                         "world model decodes from the features [y_{t-1}, z_t] (--model.decode-from features). "
+                         "experiments.probe_features and experiments.action_effect follow the history and take it.")
     task = config.task.replace("mjx/", "dmc/", 1)
     env = envs.make(task, pixels=False, proprio=True, action_repeat=config.env.action_repeat)
     act = jax.jit(lambda s, o, k: agent.policy(state, s, o, k, explore=True))

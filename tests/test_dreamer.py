@@ -304,6 +304,20 @@ def test_config_rejects_values_that_cannot_work():
         MPCConfig(samples=8, elites=16)
 
 
+def test_probe_state_refuses_a_model_that_decodes_from_the_features_before_it_acts(monkeypatch, tmp_path):
+    import dataclasses
+
+    from experiments import probe_state
+    from experiments.config import Config
+
+    config = Config()
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, decode_from="features"))
+    agent = tiny_agent(action=1)
+    monkeypatch.setattr(probe_state, "load", lambda run: (config, agent, agent.init(0), 0))
+    with pytest.raises(ValueError, match="--model.decode-from features"):
+        probe_state.main(probe_state.Args(checkpoint=tmp_path))
+
+
 def test_probe_state_control_check_balances_with_lqr_and_scores_the_actor():
     import envs
     from experiments.probe_state import action_effect, balance_episode, cartpole_state, control_check, lqr_gain
