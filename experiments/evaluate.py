@@ -49,6 +49,9 @@ class Args:
     """With --policy: what the policy sees (the observation kind of the DreamEnv it was trained in)."""
     task: str | None = None
     """With --policy: the real task; defaults to the world model's (world_model.json)."""
+    fresh_every: int | None = None
+    """Start the agent's recurrent state afresh every N agent steps (e.g. the training length, 64):
+    whether acting from longer histories than training saw is what fails."""
 
 
 def load_policy(spec: str):
@@ -101,6 +104,8 @@ def evaluate_foreign(args: Args) -> dict:
 def main(args: Args) -> dict:
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1; got {args.episodes}.")
+    if args.fresh_every is not None and args.fresh_every < 1:
+        raise ValueError(f"--fresh-every must be >= 1; got {args.fresh_every}.")
     if args.policy is not None:
         return evaluate_foreign(args)
     config, agent, state, step = load(args.checkpoint)
@@ -108,8 +113,9 @@ def main(args: Args) -> dict:
         config = dataclasses.replace(config, planner=args.planner)
     run = config.run_dir if args.checkpoint.name == "checkpoints" else args.checkpoint
     video = args.video or pathlib.Path(run) / "evaluate.gif"
-    scores = evaluate(agent, config, state, args.episodes, jax.random.key(args.seed), video=video)
+    scores = evaluate(agent, config, state, args.episodes, jax.random.key(args.seed), video=video, fresh_every=args.fresh_every)
     result = {"task": config.task, "env_steps": step, "planner": config.planner, "episodes": args.episodes,
+              "fresh_every": args.fresh_every,
               "mean": float(np.mean(scores)), "std": float(np.std(scores)), "returns": [float(s) for s in scores]}
     print(json.dumps(result))
     print(f"{config.task} after {step} environment steps ({config.planner}): return {result['mean']:.1f} +- {result['std']:.1f} "

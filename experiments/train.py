@@ -133,10 +133,13 @@ class Acting:
         return np.asarray(action)
 
 
-def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: jax.Array, video: pathlib.Path | None = None):
+def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: jax.Array, video: pathlib.Path | None = None,
+             fresh_every: int | None = None):
     """Runs `episodes` episodes with the policy's mode in a fresh environment; returns their scores.
 
-    An agent of an `mjx/` task runs in the task's dm-control form (same observations, rewards, timing)."""
+    An agent of an `mjx/` task runs in the task's dm-control form (same observations, rewards, timing).
+    `fresh_every` N starts the policy's recurrent state afresh every N agent steps, as at an episode's
+    start: no longer a history than a training sequence of N steps gives."""
     env = envs.make(config.task.replace("mjx/", "dmc/", 1), **env_options(config))
     acting = Acting(agent, config, 1, key, explore=False)
     acting.agent_state = agent_state
@@ -144,14 +147,15 @@ def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: ja
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=10_000 + episode)
-            first, done, score = True, False, 0.0
+            done, score, t = False, 0.0, 0
             while not done:
                 if video is not None and episode == 0:
                     frames.append(obs["image"] if "image" in obs else env.render())
                 batched = {k: v[None] for k, v in obs.items()}
-                action = acting({**batched, "is_first": np.array([first])})[0]
+                fresh = t == 0 or (fresh_every is not None and t % fresh_every == 0)
+                action = acting({**batched, "is_first": np.array([fresh])})[0]
                 obs, reward, terminated, truncated, _ = env.step(action)
-                score, first, done = score + reward, False, terminated or truncated
+                score, t, done = score + reward, t + 1, terminated or truncated
             scores.append(score)
     finally:
         env.close()

@@ -66,6 +66,23 @@ def test_evaluate_reports_mean_and_std_with_a_video(run, tmp_path):
     assert video.stat().st_size > 0
 
 
+def test_evaluate_can_start_the_policy_state_afresh_every_n_steps(run, tmp_path, monkeypatch):
+    from experiments.train import Acting
+
+    run, _ = run
+    firsts, call = [], Acting.__call__
+
+    def recording(self, obs):
+        firsts.append(bool(obs["is_first"][0]))
+        return call(self, obs)
+
+    monkeypatch.setattr(Acting, "__call__", recording)
+    evaluate_script.main(evaluate_script.Args(checkpoint=run, episodes=1, video=tmp_path / "eval.gif", fresh_every=16))
+    assert len(firsts) == 50 and [t for t, first in enumerate(firsts) if first] == [0, 16, 32, 48]  # debug episodes: 50 steps
+    with pytest.raises(ValueError, match="--fresh-every must be >= 1"):
+        evaluate_script.main(evaluate_script.Args(checkpoint=run, fresh_every=0))
+
+
 def test_resume_with_another_config_names_the_difference(run):
     run, _ = run
     with pytest.raises(ValueError, match="batch: checkpoint 4, now 8"):
