@@ -107,6 +107,8 @@ def main(args: Args) -> dict:
     if args.fresh_every is not None and args.fresh_every < 1:
         raise ValueError(f"--fresh-every must be >= 1; got {args.fresh_every}.")
     if args.policy is not None:
+        if args.fresh_every is not None:
+            raise ValueError("--fresh-every restarts the run's own agent's recurrent state; a --policy keeps its own.")
         return evaluate_foreign(args)
     config, agent, state, step = load(args.checkpoint)
     if args.planner is not None:

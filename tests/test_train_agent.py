@@ -81,6 +81,8 @@ def test_evaluate_can_start_the_policy_state_afresh_every_n_steps(run, tmp_path,
     assert len(firsts) == 50 and [t for t, first in enumerate(firsts) if first] == [0, 16, 32, 48]  # debug episodes: 50 steps
     with pytest.raises(ValueError, match="--fresh-every must be >= 1"):
         evaluate_script.main(evaluate_script.Args(checkpoint=run, fresh_every=0))
+    with pytest.raises(ValueError, match="a --policy keeps its own"):
+        evaluate_script.main(evaluate_script.Args(checkpoint=run, fresh_every=8, policy="tests.dream_policy:load_policy"))
 
 
 def test_resume_with_another_config_names_the_difference(run):
