@@ -42,6 +42,16 @@ TASKS["cup-catch"] = ("ball_in_cup", "catch")  # the name used by Dreamer and th
 ACTION_REPEAT = 2
 
 
+def without_velocities(task: str, keys: list[str]) -> list[str]:
+    """The observation keys of `task` that are not velocities (a `*velocity*` or `*_vel` key): the partially
+    observed form of a task, whose agent must infer velocities from successive positions."""
+    kept = [k for k in keys if "velocity" not in k and not k.endswith("_vel")]
+    if len(kept) == len(keys):
+        raise ValueError(f"dmc/{task} has no velocity observation to leave out (its observations: {', '.join(keys)}); "
+                         "velocities=False needs one.")
+    return kept
+
+
 def default_time_limit(action_repeat: int) -> int:
     """1,000 control steps, in agent steps."""
     return -(-1000 // action_repeat)
@@ -50,7 +60,8 @@ def default_time_limit(action_repeat: int) -> int:
 class DMC(MujocoTask):
     """`dmc/<domain>-<task>`, e.g. `dmc/cartpole-swingup`."""
 
-    def __init__(self, task: str, *, action_repeat: int = ACTION_REPEAT, time_limit: int | None = None, **options):
+    def __init__(self, task: str, *, action_repeat: int = ACTION_REPEAT, time_limit: int | None = None,
+                 velocities: bool = True, **options):
         from dm_control import suite
 
         domain, name = TASKS[task]
@@ -63,8 +74,8 @@ class DMC(MujocoTask):
         if time_limit is None:
             time_limit = default_time_limit(action_repeat)
         spec = self._env.observation_spec()
-        self._obs_keys = list(spec)
-        self._obs_dim = sum(int(np.prod(s.shape)) for s in spec.values())
+        self._obs_keys = list(spec) if velocities else without_velocities(task, list(spec))
+        self._obs_dim = sum(int(np.prod(spec[k].shape)) for k in self._obs_keys)
         super().__init__(action_repeat=action_repeat, time_limit=time_limit, **options)
 
     def _actuator_range(self):

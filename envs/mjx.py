@@ -178,7 +178,8 @@ def check_task(name: str) -> str:
 class MJXEnv:
     """One `mjx/<domain>-<task>` environment as pure functions of a `State`; vmap them for many."""
 
-    def __init__(self, name: str, *, action_repeat: int = dmc.ACTION_REPEAT, time_limit: int | None = None):
+    def __init__(self, name: str, *, action_repeat: int = dmc.ACTION_REPEAT, time_limit: int | None = None,
+                 velocities: bool = True):
         from dm_control import suite
 
         self.name, self.task = name, check_task(name)
@@ -206,6 +207,10 @@ class MJXEnv:
         self._random = limited | hinge
         self._low = np.where(limited, model.jnt_range[:, 0], -np.pi).astype(np.float32)
         self._high = np.where(limited, model.jnt_range[:, 1], np.pi).astype(np.float32)
+        if not velocities:
+            dmc.without_velocities(self.task, list(env.observation_spec()))  # refuses a task without velocities
+        # Every task's observation ends with qvel, as its dmc form's ends with its `velocity` key.
+        self._drop = 0 if velocities else int(model.nv)
         self.observation_size = int(jax.eval_shape(self.observe, jax.eval_shape(self.reset, jax.random.key(0))).shape[0])
 
     # The environment.
@@ -250,7 +255,8 @@ class MJXEnv:
         return State(d, state.target, state.t + 1), rewards.sum()
 
     def observe(self, state: State) -> jax.Array:
-        return self._domain.observe(state.data, state.target).astype(jnp.float32)
+        obs = self._domain.observe(state.data, state.target).astype(jnp.float32)
+        return obs[:obs.shape[0] - self._drop]
 
     def reward(self, state: State) -> jax.Array:
         """The reward of the current physics state (what dm-control returns after a control step)."""

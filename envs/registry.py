@@ -31,6 +31,7 @@ def make(
     action_repeat: int | None = None,
     time_limit: int | None = None,
     camera: int | str | None = None,
+    velocities: bool = True,
 ) -> gym.Env:
     """A Gymnasium environment for task `name`, e.g. `gym/HalfCheetah-v5` or `dmc/cheetah-run`.
 
@@ -38,6 +39,8 @@ def make(
     when `pixels`, and `proprio` float32 [D] when `proprio`. Actions are float32
     in [-1, 1]. `action_repeat` and `time_limit` (in steps after repeat) default
     to the suite's usual values; `camera` is a model camera index or name.
+    `velocities=False` leaves velocities out of `proprio` (dmc tasks only): the
+    partially observed form of a task, whose agent must infer them from positions.
     """
     suite, _, task = name.partition("/")
     if suite not in SUITES or task not in SUITES[suite][1]:
@@ -50,4 +53,8 @@ def make(
     options = dict(size=size, pixels=pixels, proprio=proprio, time_limit=time_limit, camera=camera)
     if action_repeat is not None:
         options["action_repeat"] = action_repeat
+    if not velocities:
+        if suite != "dmc":
+            raise ValueError(f"velocities=False is supported for dmc/ tasks (and mjx/ in the compiled loop); {name!r} is a {suite}/ task.")
+        options["velocities"] = False
     return constructor(task, **options)

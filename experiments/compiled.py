@@ -69,7 +69,7 @@ def spec_of(env: MJXEnv) -> Spec:
 
 def make_env(config: Config) -> MJXEnv:
     repeat = {} if config.env.action_repeat is None else {"action_repeat": config.env.action_repeat}
-    return MJXEnv(config.task, time_limit=config.env.time_limit, **repeat)
+    return MJXEnv(config.task, time_limit=config.env.time_limit, velocities=config.env.velocities, **repeat)
 
 
 def _step_fields(env: MJXEnv | Spec) -> dict[str, jax.ShapeDtypeStruct]:

@@ -38,6 +38,9 @@ class EnvConfig:
     pixels: bool = True
     proprio: bool = False
     """Proprioceptive observations (positions, velocities) as well as, or instead of, pixels."""
+    velocities: bool = True
+    """Off: proprio leaves velocities out (dmc/ and mjx/ tasks), and the agent must infer them from
+    successive positions, as it must from pixels."""
     action_repeat: int | None = None
     """Defaults to the suite's (2 for dmc, 1 for gym)."""
     time_limit: int | None = None
@@ -116,6 +119,8 @@ def validate(config: Config) -> None:
         "env.size": (config.env.size >= 16 and config.env.size % 2**halvings == 0,
                      f"a multiple of {2**halvings} (the encoder halves it {halvings} times), >= 16"),
         "env.pixels": (config.env.pixels or config.env.proprio, "on, or proprio on (at least one of the two)"),
+        "env.velocities": (config.env.velocities or (config.env.proprio and config.task.split("/")[0] in ("dmc", "mjx")),
+                           "on, unless proprio is on and the task is a dmc/ or mjx/ one (it thins the proprio vector)"),
         "replay.capacity": (config.replay.capacity >= config.length, f">= length ({config.length})"),
         "replay.prefill_share": (0 <= config.replay.prefill_share < 1 and (config.replay.prefill_share == 0 or config.prefill > 0),
                                  "in [0, 1), and 0 unless prefill > 0 (it draws from the prefill's episodes)"),

@@ -113,7 +113,7 @@ def main(args: Args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> 
     run_config = pathlib.Path(args.checkpoint) / "config.json"
     if loaded.task is not None and run_config.is_file():
         env = json.loads(run_config.read_text()).get("env", {})
-        options = {k: env.get(k) for k in ("action_repeat", "time_limit")}
+        options = {k: env[k] for k in ("action_repeat", "time_limit", "velocities") if k in env}
     real = envs.make(task, size=spec.image[:2], pixels=True, proprio=spec.proprio is not None, **options)
     if real.action_space.shape != (spec.action,):
         raise ValueError(f"Task {task} takes actions of shape {real.action_space.shape}; this world model was trained on {(spec.action,)}.")

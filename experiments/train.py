@@ -75,7 +75,8 @@ def parse(argv: list[str] | None = None) -> Config:
 
 def env_options(config: Config) -> dict:
     e = config.env
-    return dict(size=e.size, pixels=e.pixels, proprio=e.proprio, action_repeat=e.action_repeat, time_limit=e.time_limit)
+    return dict(size=e.size, pixels=e.pixels, proprio=e.proprio, action_repeat=e.action_repeat, time_limit=e.time_limit,
+                velocities=e.velocities)
 
 
 def task_spec(vector) -> Spec:

@@ -64,6 +64,22 @@ def test_options_size_pixels_and_proprio():
     assert set(obs) == {"proprio"}
 
 
+def test_velocities_can_be_left_out_of_proprio_for_a_partially_observed_task():
+    full = envs.make("dmc/cartpole-balance", pixels=False)
+    positions = envs.make("dmc/cartpole-balance", pixels=False, velocities=False)
+    assert positions.observation_space["proprio"].shape == (3,)  # cart position, cos and sin of the pole angle
+    np.testing.assert_array_equal(positions.reset(seed=1)[0]["proprio"], full.reset(seed=1)[0]["proprio"][:3])
+    action = np.array([0.5], np.float32)
+    np.testing.assert_array_equal(positions.step(action)[0]["proprio"], full.step(action)[0]["proprio"][:3])
+    with pytest.raises(ValueError, match="velocities=False is supported for dmc/ tasks.*'gym/Hopper-v5' is a gym/ task"):
+        envs.make("gym/Hopper-v5", velocities=False)
+    from envs.dmc import without_velocities
+
+    assert without_velocities("manipulator-bring_ball", ["arm_pos", "arm_vel", "object_pos", "object_vel"]) == ["arm_pos", "object_pos"]
+    with pytest.raises(ValueError, match="dmc/some-task has no velocity observation to leave out \\(its observations: position, touch\\)"):
+        without_velocities("some-task", ["position", "touch"])
+
+
 def test_reset_with_a_seed_is_reproducible():
     env = envs.make("dmc/cartpole-swingup")
     first = env.reset(seed=3)[0]

@@ -55,6 +55,18 @@ def test_observations_rewards_and_steps_match_dm_control(task):
     assert max(rewards) > 0, "the states compared should include a rewarded one"
 
 
+def test_without_velocities_the_observation_is_the_dmc_one_less_its_velocity_key():
+    import envs
+
+    env = MJXEnv("mjx/walker-walk", velocities=False)
+    full = MJXEnv("mjx/walker-walk")
+    state = jax.jit(env.reset)(jax.random.key(0))
+    assert env.observation_size == full.observation_size - int(full.host_model.nv)
+    np.testing.assert_array_equal(env.observe(state), full.observe(state)[:env.observation_size])
+    dmc = envs.make("dmc/walker-walk", pixels=False, velocities=False)
+    assert dmc.observation_space["proprio"].shape == (env.observation_size,)
+
+
 def test_resets_follow_the_dm_control_initial_distributions():
     swingup = jax.jit(jax.vmap(MJXEnv("mjx/cartpole-swingup").reset))(jax.random.split(jax.random.key(0), 64))
     qpos = np.asarray(swingup.data.qpos)

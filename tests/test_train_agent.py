@@ -113,6 +113,8 @@ def test_a_field_added_since_the_run_started_counts_as_its_default():
     (["--mpc.elites", "999"], "mpc.elites"),
     (["--devices", "3"], "devices=3"),
     (["--replay.prefill-share", "0.3", "--prefill", "0"], "replay.prefill_share=0.3"),
+    (["--env.no-velocities"], "env.velocities=False"),  # pixels only: no proprio to thin
+    (["--task", "gym/Hopper-v5", "--env.proprio", "--env.no-velocities"], "env.velocities=False"),
 ])
 def test_bad_config_fails_before_any_work_with_the_field_name(flags, message, capsys):
     # Checks inside a nested config run while tyro builds it: tyro prints them and exits.
