@@ -73,10 +73,15 @@ def test_ssm_timescale_bounds_the_memory_in_training_and_stepping_alike(kind):
         BackboneConfig(timescale=0)
 
 
-@pytest.mark.parametrize("kind", sorted(BACKBONES))
-def test_sequence_then_step_equals_step_throughout(kind):
+# Every backbone, and the SSM with a causal convolution before each layer.
+KINDS = [(kind, 0) for kind in sorted(BACKBONES)] + [("ssm", 3)]
+
+
+@pytest.mark.parametrize("kind, conv", KINDS)
+def test_sequence_then_step_equals_step_throughout(kind, conv):
     B, T, D = 3, 12, 32
-    config = BackboneConfig(kind=kind, dim=D, layers=2, state=16, heads=4, context=8, timescale=6.0 if "ssm" in kind else None)
+    config = BackboneConfig(kind=kind, dim=D, layers=2, state=16, heads=4, context=8, timescale=6.0 if "ssm" in kind else None,
+                            conv=conv)
     model = make_backbone(config, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (B, T, D))
     reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 5].set(True).at[2, 9].set(True)
@@ -101,10 +106,10 @@ def test_sequence_then_step_equals_step_throughout(kind):
     np.testing.assert_allclose(full, stepped, atol=2e-4, rtol=2e-4)
 
 
-@pytest.mark.parametrize("kind", sorted(BACKBONES))
-def test_reset_forgets_the_past(kind):
+@pytest.mark.parametrize("kind, conv", KINDS)
+def test_reset_forgets_the_past(kind, conv):
     B, T, D = 2, 6, 16
-    model = make_backbone(BackboneConfig(kind=kind, dim=D, layers=1, state=8, heads=2, context=8), rngs=nnx.Rngs(0))
+    model = make_backbone(BackboneConfig(kind=kind, dim=D, layers=1, state=8, heads=2, context=8, conv=conv), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (B, T, D))
     reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[:, 3].set(True)
     other_past = x.at[:, :3].set(jax.random.normal(jax.random.key(5), (B, 3, D)))
@@ -114,10 +119,10 @@ def test_reset_forgets_the_past(kind):
     np.testing.assert_allclose(y1[:, 3:], y2[:, 3:], atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", sorted(BACKBONES))
-def test_states_are_the_carries_step_reaches(kind):
+@pytest.mark.parametrize("kind, conv", KINDS)
+def test_states_are_the_carries_step_reaches(kind, conv):
     B, T, D = 2, 10, 16
-    model = make_backbone(BackboneConfig(kind=kind, dim=D, layers=2, state=8, heads=2, context=4), rngs=nnx.Rngs(0))
+    model = make_backbone(BackboneConfig(kind=kind, dim=D, layers=2, state=8, heads=2, context=4, conv=conv), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(2), (B, T, D))
     reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[0, 4].set(True)
     y_all, carries = model.states(x, model.init_carry(B), reset)
@@ -128,3 +133,17 @@ def test_states_are_the_carries_step_reaches(kind):
     mid = jax.tree.map(lambda c: c[:, 5], carries)
     y_from_mid, _ = model.step(x[:, 6], mid, reset[:, 6])
     np.testing.assert_allclose(y_from_mid, y_seq[:, 6], atol=2e-4, rtol=2e-4)
+
+
+def test_the_causal_convolution_sees_the_last_k_inputs_of_the_episode_only():
+    from embodied.worldmodel.backbones import CausalConv
+
+    conv = CausalConv(1, 3)
+    conv.kernel[...] = jnp.array([[1.0], [10.0], [100.0]])  # y_t = x_t + 10 x_{t-1} + 100 x_{t-2}
+    x = jnp.arange(1.0, 7.0).reshape(1, 6, 1)
+    reset = jnp.zeros((1, 6), bool).at[0, 3].set(True)  # a new episode at step 3
+    y, carries = conv.states(x, conv.init_carry(1), reset)
+    np.testing.assert_allclose(y[0, :, 0], [1, 2 + 10, 3 + 20 + 100, 4, 5 + 40, 6 + 50 + 400])
+    np.testing.assert_allclose(carries[0, 3, :, 0], [0, 4])  # oldest first; step 2 is another episode's
+    with pytest.raises(ValueError, match="model.backbone.conv=3 cannot work.*0 unless kind is an SSM"):
+        BackboneConfig(kind="gru", conv=3)

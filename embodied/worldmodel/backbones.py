@@ -55,8 +55,17 @@ class BackboneConfig:
     on T-step sequences from a fresh carry and then run for a whole episode (an agent acting) sees
     carries it never trained on unless its memory is well under T; T/4 forgets all but 2% in T."""
 
+    conv: int = 0
+    """Width K of a causal depthwise convolution over time before each SSM layer (Mamba's conv1d,
+    H3's shift SSM): each feature sees its last K values directly, so that a difference of
+    successive inputs, a velocity from positions, is one linear map rather than a filter the
+    slowly decaying SSM states must learn. 0 leaves it out; SSM backbones only."""
+
     def __post_init__(self):
-        require(self, {"timescale": (self.timescale is None or self.timescale > 0, "None or > 0")}, prefix="model.backbone.")
+        require(self, {
+            "timescale": (self.timescale is None or self.timescale > 0, "None or > 0"),
+            "conv": (self.conv >= 0 and (self.conv == 0 or self.kind.startswith("ssm")), ">= 0, and 0 unless kind is an SSM"),
+        }, prefix="model.backbone.")
 
 
 class MLP(nnx.Module):
@@ -68,27 +77,75 @@ class MLP(nnx.Module):
         return self.down(jax.nn.gelu(self.up(x)))
 
 
+class CausalConv(nnx.Module):
+    """Depthwise convolution over time, y_t = sum_k w_k * x_{t-k} for k < K, that never reaches
+    across an episode start. Initialised to the identity (w_0 = 1, the rest 0).
+
+    Carry: the last K-1 inputs (B, K-1, D) in float32, oldest first, zero where they precede a reset.
+    """
+
+    def __init__(self, dim: int, width: int):
+        self.width = width
+        self.kernel = nnx.Param(jnp.zeros((width, dim)).at[0].set(1.0))
+
+    def init_carry(self, batch: int) -> jax.Array:
+        return jnp.zeros((batch, self.width - 1, self.kernel.shape[1]))
+
+    def states(self, x, carry, reset):
+        """x (B,T,D) -> y (B,T,D) and the carry after every step (B,T,K-1,D)."""
+        K, T = self.width, x.shape[1]
+        padded = jnp.concatenate([carry.astype(x.dtype), x], axis=1)  # x_{t-k} at padded[:, t + K-1-k]
+        # x_{t-k} belongs to step t's episode when no reset lies in (t-k, t]: resets counted up to
+        # each step (0 for the carry's steps) differ by nothing between t-k and t.
+        count = jnp.cumsum(reset.astype(jnp.int32), axis=1)
+        count = jnp.concatenate([jnp.zeros_like(count[:, :1]).repeat(K - 1, 1), count], axis=1)
+        window = lambda k: jnp.where((count[:, K - 1:] == count[:, K - 1 - k:K - 1 - k + T])[..., None],  # noqa: E731
+                                     padded[:, K - 1 - k:K - 1 - k + T], 0)
+        past = [window(k) for k in range(K)]  # x_{t-k}, each (B,T,D)
+        kernel = self.kernel[...].astype(x.dtype)
+        y = sum(kernel[k] * past[k] for k in range(K))
+        carries = jnp.stack(past[K - 2::-1], axis=2) if K > 1 else jnp.zeros((*x.shape[:2], 0, x.shape[2]))
+        return y, carries.astype(jnp.float32)
+
+    def step(self, x, carry, reset):
+        """x (B,D) -> y (B,D), carry (B,K-1,D)."""
+        window = jnp.concatenate([carry.astype(x.dtype) * (1 - reset.astype(x.dtype))[:, None, None], x[:, None]], axis=1)
+        y = jnp.einsum("bkd,kd->bd", window, self.kernel[...][::-1].astype(x.dtype))
+        return y, window[:, 1:].astype(jnp.float32)
+
+
 class SSMBackbone(nnx.Module):
-    """Pre-norm residual blocks: x + MLP(norm(x + SSM(norm(x)))). Carry: list of (B, P) complex states."""
+    """Pre-norm residual blocks: x + MLP(norm(x + SSM(conv(norm(x))))), the convolution only with
+    `conv` > 0. Carry: per layer, the SSM's (B, P) complex state, or (state, convolution carry)."""
 
     def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
         selective = config.kind == "ssm-selective"
         self.norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
+        self.convs = nnx.List([CausalConv(config.dim, config.conv) for _ in range(config.layers)]) if config.conv else None
         self.ssms = nnx.List([DiagonalSSM(config.dim, config.state, selective=selective, scan=config.scan, timescale=config.timescale,
                                           rngs=rngs) for _ in range(config.layers)])
         self.mlp_norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
         self.mlps = nnx.List([MLP(config.dim, 2 * config.dim, rngs) for _ in range(config.layers)])
 
     def init_carry(self, batch: int):
-        return [ssm.init_carry(batch) for ssm in self.ssms]
+        if self.convs is None:
+            return [ssm.init_carry(batch) for ssm in self.ssms]
+        return [(ssm.init_carry(batch), conv.init_carry(batch)) for ssm, conv in zip(self.ssms, self.convs, strict=True)]
 
     def _blocks(self, x, carry, reset, method: str):
         new_carry = []
-        for norm, ssm, mlp_norm, mlp, h in zip(self.norms, self.ssms, self.mlp_norms, self.mlps, carry, strict=True):
-            y, h = getattr(ssm, method)(norm(x), h, reset)
+        convs = self.convs if self.convs is not None else [None] * len(self.ssms)
+        for norm, conv, ssm, mlp_norm, mlp, c in zip(self.norms, convs, self.ssms, self.mlp_norms, self.mlps, carry, strict=True):
+            u = norm(x)
+            if conv is not None:
+                c, conv_carry = c
+                u, conv_carry = getattr(conv, "step" if method == "step" else "states")(u, conv_carry, reset)
+                if method == "sequence":
+                    conv_carry = conv_carry[:, -1]
+            y, h = getattr(ssm, method)(u, c, reset)
             x = x + y
             x = x + mlp(mlp_norm(x))
-            new_carry.append(h)
+            new_carry.append(h if conv is None else (h, conv_carry))
         return x, new_carry
 
     def sequence(self, x, carry, reset):
