@@ -35,6 +35,8 @@ class Args:
     """Image height and width."""
     pixels: bool = True
     proprio: bool = True
+    velocities: bool = True
+    """Off: proprio leaves velocities out (dmc/ tasks; see envs.make)."""
     action_repeat: int | None = None
     """Defaults to the suite's (2 for dmc, 1 for gym)."""
     time_limit: int | None = None
@@ -47,7 +49,8 @@ def collect(args: Args) -> pathlib.Path:
         raise ValueError(f"--episodes must be >= 1; got {args.episodes}.")
     out = args.out or pathlib.Path("data") / args.task.replace("/", "-")
     store = EpisodeStore(out)
-    options = dict(size=args.size, pixels=args.pixels, proprio=args.proprio, action_repeat=args.action_repeat, time_limit=args.time_limit)
+    options = dict(size=args.size, pixels=args.pixels, proprio=args.proprio, velocities=args.velocities,
+                   action_repeat=args.action_repeat, time_limit=args.time_limit)
     vector = envs.make_vector(args.task, args.num_envs, **options)
     policy = random_policy(vector.single_action_space, seed=args.seed)
     scores: list[float] = []

@@ -81,7 +81,9 @@ def features(model, episodes: int, noise: float, seed: int, size: int = 64) -> t
                 true = cartpole_state(obs["proprio"])
                 action = noisy_lqr(obs["proprio"], gain, noise, rng)
                 ys.append(np.zeros(state.y.shape[1:]) if first else np.asarray(state.y[0]))
-                inputs = {k: jnp.asarray(obs[k])[None] for k in keys} | {"is_first": jnp.array([first])}
+                # A model of the task without velocities reads the leading positions of proprio.
+                seen = {"image": obs.get("image"), "proprio": obs["proprio"][:model.spec.proprio or 0]}
+                inputs = {k: jnp.asarray(seen[k])[None] for k in keys} | {"is_first": jnp.array([first])}
                 state = step(state, inputs, jnp.asarray(action)[None], jax.random.key(seed * 1_000_003 + episode * 10_007 + t))
                 zs.append(np.asarray(state.z[0]).reshape(-1))
                 states.append(true)
@@ -113,8 +115,8 @@ def main(args: Args) -> dict:
     for run in args.runs:
         loaded = load(run)
         spec = loaded.model.spec
-        if spec.action != 1 or (spec.proprio not in (None, 5)) or (spec.image is not None and spec.image[2] != 3):
-            raise ValueError(f"{run}: a cartpole world model is needed (one action; proprio of 5 numbers if any); "
+        if spec.action != 1 or (spec.proprio not in (None, 3, 5)) or (spec.image is not None and spec.image[2] != 3):
+            raise ValueError(f"{run}: a cartpole world model is needed (one action; proprio of 5 numbers, or 3 without velocities, if any); "
                              f"this one has spec {spec}.")
         size = spec.image[0] if spec.image is not None else 64
         results[str(run)] = result = probe(loaded.model, args.episodes, args.noise, args.seed, size)
