@@ -22,10 +22,12 @@ def test_ridge_r2_finds_a_linear_read_out_and_nothing_in_noise():
 def test_probe_scores_every_state_variable_on_the_same_episodes_for_any_model():
     pixels = WorldModel(dataclasses.replace(TINY, frames=2), Spec(image=(16, 16, 3), proprio=None, action=1), rngs=nnx.Rngs(0))
     proprio = WorldModel(TINY, Spec(image=None, proprio=5, action=1), rngs=nnx.Rngs(1))
-    a, b = (probe(model, episodes=3, noise=1.0, seed=0, size=16) for model in (pixels, proprio))
+    positions = WorldModel(TINY, Spec(image=None, proprio=3, action=1), rngs=nnx.Rngs(2))  # the task without velocities
+    a, b, c = (probe(model, episodes=3, noise=1.0, seed=0, size=16) for model in (pixels, proprio, positions))
     np.testing.assert_allclose(a["spread"], b["spread"])  # the episodes do not depend on the model
+    np.testing.assert_allclose(a["spread"], c["spread"])
     assert np.all(np.array(a["spread"]) > 0.01)  # the noise moves every state variable
-    for result in (a, b):
+    for result in (a, b, c):
         for name in ("z", "y", "y,z"):
             assert len(result[name]["r2"]) == len(STATE) and np.all(np.isfinite(result[name]["r2"]))
             assert np.all(np.array(result[name]["r2"]) <= 1.0)
