@@ -19,6 +19,7 @@ Budgets and ratios, stated once:
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 from typing import Literal
 
@@ -156,6 +157,15 @@ def _validate_compiled(config: Config) -> None:
                             f">= length * env.envs ({config.length * config.env.envs})"),
         "replay.prefill_share": (config.replay.prefill_share == 0, "0: the compiled loop's device replay draws all rows alike"),
     })
+
+
+def recorded_env(run: pathlib.Path) -> dict:
+    """The environment options an agent run recorded in its config.json that change what the task gives
+    (action repeat, time limit, velocities), for `envs.make`; {} where the run records none."""
+    run = pathlib.Path(run)
+    path = (run.parent if run.name == "checkpoints" else run) / "config.json"
+    env = json.loads(path.read_text()).get("env", {}) if path.is_file() else {}
+    return {k: env[k] for k in ("action_repeat", "time_limit", "velocities") if k in env}
 
 
 def compiled_defaults(config: Config) -> Config:

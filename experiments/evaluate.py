@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import tyro
 
+from experiments.config import recorded_env
 from experiments.train import evaluate, load
 
 
@@ -77,11 +78,8 @@ def evaluate_foreign(args: Args) -> dict:
     task = args.task or task
     if task is None:
         raise ValueError(f"{args.checkpoint} does not record its task; pass --task.")
-    run = args.checkpoint.parent if args.checkpoint.name == "checkpoints" else args.checkpoint
-    run_config = run / "config.json"
-    velocities = json.loads(run_config.read_text()).get("env", {}).get("velocities", True) if run_config.is_file() else True
     env = envs.make(task.replace("mjx/", "dmc/", 1), size=spec.image[0] if spec.image else 64,
-                    pixels=spec.image is not None, proprio=spec.proprio is not None, velocities=velocities)
+                    pixels=spec.image is not None, proprio=spec.proprio is not None, **recorded_env(args.checkpoint))
     if args.observation == "latent":
         env = envs.LatentObservation(env, args.checkpoint)
     act = make_policy(env.observation_space, env.action_space)

@@ -28,6 +28,7 @@ import envs
 from embodied.metrics import psnr
 from embodied.worldmodel.io import load
 from envs.dream import DreamEnv
+from experiments.config import recorded_env
 
 KEYS = {"a": (0, -1.0), "d": (0, 1.0), "s": (1, -1.0), "w": (1, 1.0), "j": (2, -1.0), "l": (2, 1.0), "k": (3, -1.0), "i": (3, 1.0)}
 
@@ -109,11 +110,7 @@ def main(args: Args, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> 
         raise ValueError(f"{args.checkpoint} does not record its task (a world-model run): pass --task.")
     if spec.image is None:
         raise ValueError("This world model has no image decoder (trained on proprio only): there is no dream to watch.")
-    options = {}
-    run_config = pathlib.Path(args.checkpoint) / "config.json"
-    if loaded.task is not None and run_config.is_file():
-        env = json.loads(run_config.read_text()).get("env", {})
-        options = {k: env[k] for k in ("action_repeat", "time_limit", "velocities") if k in env}
+    options = recorded_env(args.checkpoint) if loaded.task is not None else {}
     real = envs.make(task, size=spec.image[:2], pixels=True, proprio=spec.proprio is not None, **options)
     if real.action_space.shape != (spec.action,):
         raise ValueError(f"Task {task} takes actions of shape {real.action_space.shape}; this world model was trained on {(spec.action,)}.")
