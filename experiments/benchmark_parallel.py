@@ -9,7 +9,8 @@ model) and the whole agent step, frames/s, medians of `repeats`. On CPU the
 forced devices share the same cores, so this measures the overhead of
 partitioning, not a speed-up; on GPUs it measures the speed-up. Two more tables
 compare compute dtypes and the fraction of replayed steps imagination starts from,
-on one device, and so does a table of the encoder's first stride.
+on one device, and so do tables of the encoder's first stride and of what the
+posterior reads.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Args:
     """Fractions of replayed steps imagination starts from (`--agent.starts`), compared on one device."""
     patches: tuple[int, ...] = (2, 4)
     """The encoder's first strides (`--model.patch`) compared on one device, at the last of `starts`."""
+    posteriors: tuple[str, ...] = ("frame", "filter")
+    """What the posterior reads (`--model.posterior`) compared on one device, at the last of `starts` and
+    `patches`: frame runs the backbone over all steps at once, filter steps it through time."""
 
 
 def fake_batch(B: int, T: int, size: int, rng) -> dict:
@@ -73,14 +77,15 @@ def frames_per_second(agent: Dreamer, devices: int, B: int, T: int, repeats: int
 
     rate = B * T / statistics.median(seconds for seconds, _ in timings(update, repeats))
     print(f"  measured: {devices} device(s), batch {B}, dtype {jax.numpy.dtype(agent.dtype).name}, starts {agent.config.starts}, "
-          f"patch {agent.model_config.patch}: {rate:,.0f} frames/s", file=sys.stderr, flush=True)
+          f"patch {agent.model_config.patch}, posterior {agent.model_config.posterior}: {rate:,.0f} frames/s", file=sys.stderr, flush=True)
     return rate
 
 
-def make_agent(preset: str, compute_dtype: str = "float32", starts: float | None = None, patch: int | None = None) -> Dreamer:
+def make_agent(preset: str, compute_dtype: str = "float32", starts: float | None = None, **model_changes) -> Dreamer:
+    """The preset's agent for 64x64 pixels, with `starts` and any world-model fields (None: the preset's) changed."""
     config = PRESETS[preset]
     agent = config.agent if starts is None else dataclasses.replace(config.agent, starts=starts)
-    model = config.model if patch is None else dataclasses.replace(config.model, patch=patch)
+    model = dataclasses.replace(config.model, **{k: v for k, v in model_changes.items() if v is not None})
     return Dreamer(Spec(image=(64, 64, 3), proprio=None, action=1), model, agent, config.model_optim,
                    compute_dtype=compute_dtype)
 
@@ -118,6 +123,15 @@ def main(args: Args) -> None:
         print(table(["patch", "world-model params", "frames/s", f"vs {args.patches[0]}"],
                     [[p, f"{agents[p].parameter_counts(agents[p].init(0))['world_model']:,}", f"{r:,.0f}", f"{r / first:.2f}x"]
                      for p, r in rates.items()]))
+    if args.posteriors:
+        starts = args.starts[-1] if args.starts else None
+        patch = args.patches[-1] if args.patches else None
+        rates = {p: frames_per_second(make_agent(args.preset, starts=starts, patch=patch, posterior=p), 1, args.batch, args.length,
+                                      args.repeats) for p in args.posteriors}
+        first = rates[args.posteriors[0]]
+        print(f"\nWhat the posterior reads (--model.posterior), 1 device, batch {args.batch}, starts {starts}, patch {patch}; "
+              f"frames/s, median of {args.repeats}")
+        print(table(["posterior", "frames/s", f"vs {args.posteriors[0]}"], [[p, f"{r:,.0f}", f"{r / first:.2f}x"] for p, r in rates.items()]))
 
 
 if __name__ == "__main__":

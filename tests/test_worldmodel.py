@@ -115,10 +115,11 @@ def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder(patch):
         dataclasses.replace(TINY, decoder_flow=True)
 
 
-@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "distance", "patch4"])
+@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "distance", "patch4", "filter"])
 def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
     config = dataclasses.replace(TINY, decoder_skip=decoder in ("skip", "flow", "distance"), decoder_flow=decoder == "flow",
-                                 decoder_distance=decoder == "distance", patch=4 if decoder == "patch4" else 2)
+                                 decoder_distance=decoder == "distance", patch=4 if decoder == "patch4" else 2,
+                                 posterior="filter" if decoder == "filter" else "frame")
     model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
@@ -313,6 +314,45 @@ def test_two_frame_encoder_sees_the_previous_frame_within_episodes_and_acting_en
     traj = imagine(model, None, state, 3, key, actions=jnp.zeros((2, 3, 2)))  # imagination carries the frame along
     assert traj.latents.shape == (2, 3, 4, 4)
     with pytest.raises(ValueError, match="previous="):
+        model.encode({k: v[:, 0] for k, v in data.items()})
+
+
+def test_filter_posterior_reads_the_previous_backbone_output_within_episodes_and_acting_encodes_as_training_does():
+    model = WorldModel(dataclasses.replace(TINY, posterior="filter"), SPEC, rngs=nnx.Rngs(0))
+    data = batch(T=6)
+    data["is_first"][:, 3] = True
+    key = jax.random.key(1)
+    seen = model.observe(data, key)
+    # The pass equals a hand-written loop: z_t from o_t and y_{t-1} (zeros at starts), then the backbone step.
+    carry, y_prev = model.backbone.init_carry(2), jnp.zeros((2, TINY.backbone.dim))
+    for t in range(6):
+        first = jnp.asarray(data["is_first"][:, t]) | (t == 0)
+        y_prev = jnp.where(first[:, None], 0.0, y_prev)
+        obs = {k: jnp.asarray(data[k][:, t]) for k in ("image", "proprio")}
+        np.testing.assert_allclose(model.encode(obs, y=y_prev), seen.post[:, t], atol=1e-5)
+        y_prev, carry = model.backbone.step(model.backbone_input(seen.z[:, t], jnp.asarray(data["action"][:, t])), carry, first)
+        np.testing.assert_allclose(y_prev, seen.y[:, t], atol=1e-5)
+    # A change to o_1 reaches the posteriors after it through y, up to the episode start at step 3.
+    other = {**data, "proprio": data["proprio"].copy()}
+    other["proprio"][:, 1] += 1.0
+    changed = np.abs(np.asarray(model.observe(other, key).post - seen.post)).max((0, 2, 3)) > 0
+    np.testing.assert_array_equal(changed, [False, True, True, False, False, False])
+    # Acting samples z_t from the same posterior, given the y_{t-1} it carries.
+    state = model.initial_state(2)
+    for t in range(6):
+        obs = {k: jnp.asarray(data[k][:, t]) for k in ("image", "proprio")}
+        first = jnp.asarray(data["is_first"][:, t]) | (t == 0)
+        y_prev = jnp.where(first[:, None], 0.0, state.y)
+        step_key = jax.random.fold_in(key, t)
+        _, state = model.act_step(state, obs, first, lambda s, k: jnp.zeros((2, 2)), step_key)
+        expected = jax.nn.one_hot(jax.random.categorical(jax.random.split(step_key)[0], model.encode(obs, y=y_prev)), TINY.latent_classes)
+        np.testing.assert_array_equal(state.z, expected)
+    # Filtering a real episode does the same with the posterior's mode.
+    state = model.start({k: jnp.asarray(v[:, :1]) for k, v in data.items()}, key)
+    state = model.filter_step(state, jnp.asarray(data["action"][:, 0]), {k: jnp.asarray(data[k][:, 1]) for k in ("image", "proprio")})
+    expected = model.posterior_mode({k: jnp.asarray(data[k][:, 1]) for k in ("image", "proprio")}, y=state.y)
+    np.testing.assert_array_equal(state.z, expected)
+    with pytest.raises(ValueError, match="y="):
         model.encode({k: v[:, 0] for k, v in data.items()})
 
 

@@ -7,7 +7,8 @@ features [y_t, z_{t+1}] predict the reward r_{t+1} and whether o_{t+1} is
 terminal; a decoder reconstructs o_t from z_t. Losses follow DreamerV3
 (Hafner et al., 2023): symlog / two-hot rewards, KL balancing with free bits.
 The parallel-in-time latent design follows S5WM (Deng et al., 2023) and R2I
-(Samsami et al., 2024).
+(Samsami et al., 2024); `posterior="filter"` makes the posterior read y_{t-1} as
+well, as DreamerV3's RSSM does, at the cost of stepping the backbone in training.
 
 Shapes: B batch, T time, V latent variables of K classes, D backbone width, A actions.
 """
@@ -98,6 +99,15 @@ class WorldModelConfig:
     """With `frames=2`: the decoder draws o_{t-1} from z_t as well as o_t (6 output channels, both
     reconstruction losses summed), so that z_t must hold both frames' positions and with them
     the velocities, which one frame cannot show. Decoding for users still returns o_t."""
+    posterior: Literal["frame", "filter"] = "frame"
+    """What the posterior over z_t reads. frame: o_t alone (with `frames=2`, o_{t-1} too), so that
+    every latent of a sequence is encoded at once and the backbone runs over all of them in
+    parallel (S5WM, R2I). filter: also y_{t-1}, the backbone output before it, as DreamerV3's RSSM
+    reads its recurrent state: z_t then has to hold only what y_{t-1} did not already predict, and
+    what the backbone integrates is a correction of its own estimate rather than a fresh, noisy
+    code of each frame, from which it must difference velocities. Training then steps the backbone
+    through time (`lax.scan`; the encoder and decoder still run on all frames at once); imagination
+    and acting are unchanged, O(1) a step."""
     decode_from: Literal["latent", "features"] = "latent"
     """What the decoders read. latent: z_t alone. features: [y_{t-1}, z_t], what a policy sees, as
     DreamerV3's decoder reads its recurrent state beside z_t. z_t, encoded from its own frame, holds
@@ -122,7 +132,8 @@ class WorldModelConfig:
                                             "False unless decoder_skip is True (the distance is to the frame it draws from)"),
                        "decode_previous": (self.frames == 2 or not self.decode_previous,
                                            "False unless frames is 2 (the previous frame is the encoder's second input)"),
-                       "decode_from": (self.decode_from in ("latent", "features"), "'latent' or 'features'")},
+                       "decode_from": (self.decode_from in ("latent", "features"), "'latent' or 'features'"),
+                       "posterior": (self.posterior in ("frame", "filter"), "'frame' or 'filter'")},
                 prefix="model.")
 
 
@@ -155,7 +166,7 @@ class Observation(NamedTuple):
     """The world model's pass over real data [B, T]: posterior logits and samples, backbone outputs and carries."""
 
     post: jax.Array
-    """(B, T, V, K) logits of z_t given o_t."""
+    """(B, T, V, K) logits of z_t given o_t (and y_{t-1} with `posterior="filter"`)."""
     z: jax.Array
     """(B, T, V, K) one-hot samples (straight-through)."""
     y: jax.Array
@@ -185,7 +196,7 @@ class WorldModel(nnx.Module):
             self.proprio_in = nnx.Linear(spec.proprio, Hd, rngs=rngs)
             self.proprio_out = nnx.Sequential(nnx.Linear(decoded, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, spec.proprio, rngs=rngs))
             enc_features += Hd
-        self.posterior = nnx.Linear(enc_features, self.latent, rngs=rngs)
+        self.posterior = nnx.Linear(enc_features + D * (config.posterior == "filter"), self.latent, rngs=rngs)
         self.in_proj = nnx.Linear(self.latent + spec.action, D, rngs=rngs)
         self.backbone = make_backbone(config.backbone, rngs=rngs)
         self.prior = nnx.Sequential(nnx.LayerNorm(D, rngs=rngs), nnx.Linear(D, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, self.latent, rngs=rngs))
@@ -199,6 +210,8 @@ class WorldModel(nnx.Module):
                                  "observation, but the data has none: set it to 0 or add proprio observations.")
             self.next_proprio = nnx.Sequential(nnx.LayerNorm(D, rngs=rngs), nnx.Linear(D, Hd, rngs=rngs), jax.nn.silu,
                                                nnx.Linear(Hd, spec.proprio, rngs=rngs))
+        if config.posterior == "filter":
+            self.posterior_norm = nnx.LayerNorm(D, rngs=rngs)
 
     # Pieces. The model computes in the dtype of its parameters (float32, or bfloat16 when a
     # train step casts them: `embodied.nn.precision`); inputs are cast at these entry points.
@@ -207,9 +220,14 @@ class WorldModel(nnx.Module):
     def dtype(self):
         return self.in_proj.kernel.dtype
 
-    def encode(self, obs: dict, previous: jax.Array | None = None) -> jax.Array:
-        """Posterior logits (..., V, K) of each frame on its own; with `frames=2`, of each frame
-        and `previous`, the frame before it (uint8, the image's shape)."""
+    def encode(self, obs: dict, previous: jax.Array | None = None, y: jax.Array | None = None) -> jax.Array:
+        """Posterior logits (..., V, K) of each frame; with `frames=2`, of each frame and `previous`,
+        the frame before it (uint8, the image's shape); with `posterior="filter"`, also given `y`
+        (..., D), the backbone output before the frame (zeros at an episode's start)."""
+        return self.posterior_logits(self.evidence(obs, previous), y)
+
+    def evidence(self, obs: dict, previous: jax.Array | None = None) -> jax.Array:
+        """What the posterior reads of the observation (..., F): the encoder's and proprio features."""
         parts = []
         if self.spec.image is not None:
             image = obs["image"]
@@ -221,12 +239,21 @@ class WorldModel(nnx.Module):
             parts.append(self.encoder(image))
         if self.spec.proprio is not None:
             parts.append(jax.nn.silu(self.proprio_in(dist.symlog(obs["proprio"]).astype(self.dtype))))
-        logits = self.posterior(jnp.concatenate(parts, -1))
-        return self._shape_latent(logits)
+        return jnp.concatenate(parts, -1)
 
-    def posterior_mode(self, obs: dict, previous: jax.Array | None = None) -> jax.Array:
-        """The most likely latent of each frame on its own (and `previous`: `encode`), one-hot (..., V, K)."""
-        return jax.nn.one_hot(jnp.argmax(self.encode(obs, previous), -1), self.config.latent_classes)
+    def posterior_logits(self, evidence: jax.Array, y: jax.Array | None = None) -> jax.Array:
+        """Posterior logits (..., V, K) from `evidence` and, with `posterior="filter"`, `y`."""
+        if self.config.posterior == "filter":
+            if y is None:
+                raise ValueError("This world model's posterior reads the backbone output before each frame "
+                                 "(posterior='filter'): pass y=, y_{t-1} (zeros at an episode's start).")
+            y = jnp.broadcast_to(y, (*evidence.shape[:-1], y.shape[-1]))
+            evidence = jnp.concatenate([evidence, self.posterior_norm(y.astype(self.dtype))], -1)
+        return self._shape_latent(self.posterior(evidence))
+
+    def posterior_mode(self, obs: dict, previous: jax.Array | None = None, y: jax.Array | None = None) -> jax.Array:
+        """The most likely latent of each frame (and `previous`, `y`: `encode`), one-hot (..., V, K)."""
+        return jax.nn.one_hot(jnp.argmax(self.encode(obs, previous, y), -1), self.config.latent_classes)
 
     def previous_frames(self, batch: dict) -> jax.Array | None:
         """The frame before each step of real data [B, T] for `encode`: o_{t-1}, or o_t itself at
@@ -310,11 +337,37 @@ class WorldModel(nnx.Module):
     def observe(self, batch: dict, key: jax.Array, carry=None) -> Observation:
         """Runs the backbone over real data [B, T] from `carry` (default: a fresh one)."""
         B = batch["action"].shape[0]
-        post = self.encode(batch, self.previous_frames(batch))
-        z = dist.sample_straight_through(key, post)
         carry = self.backbone.init_carry(B) if carry is None else carry
+        evidence = self.evidence(batch, self.previous_frames(batch))
+        if self.config.posterior == "filter":
+            return self._filter(batch, evidence, key, carry)
+        post = self.posterior_logits(evidence)
+        z = dist.sample_straight_through(key, post)
         y, carries = self.backbone.states(self.backbone_input(z, batch["action"]), carry, batch["is_first"])
         return Observation(post, z, y, carries)
+
+    def _filter(self, batch: dict, evidence: jax.Array, key: jax.Array, carry) -> Observation:
+        """`observe` with `posterior="filter"`: step by step, z_t from o_t and y_{t-1}, then [z_t, a_t]
+        through the backbone (y_{t-1} is zeros at the sequence's first step, whose carry is taken
+        as fresh, and at every episode start, as `act_step` has it)."""
+        B, T = batch["action"].shape[:2]
+
+        def body(state, inputs):
+            carry, y_prev = state
+            evidence, action, first, step_key = inputs
+            y_prev = jnp.where(first[:, None], 0.0, y_prev).astype(y_prev.dtype)
+            post = self.posterior_logits(evidence, y_prev)
+            z = dist.sample_straight_through(step_key, post)
+            y, carry = self.backbone.step(self.backbone_input(z, action), carry, first)
+            y = y.astype(y_prev.dtype)
+            return (carry, y), (post, z, y, carry)
+
+        time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+        xs = (time_major(evidence), time_major(batch["action"]), time_major(batch["is_first"]), jax.random.split(key, T))
+        y0 = jnp.zeros((B, self.config.backbone.dim), self.dtype)
+        _, (post, z, y, carries) = jax.lax.scan(body, (carry, y0), xs)
+        post, z, y = map(time_major, (post, z, y))
+        return Observation(post, z, y, jax.tree.map(time_major, carries))
 
     def loss(self, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
         """Scalar loss and metrics for a batch of sequences [B, T]."""
@@ -405,7 +458,7 @@ class WorldModel(nnx.Module):
             y_last = observation.y[:, -1]
         last = {k: v[:, -1] for k, v in batch.items()}
         previous = self.previous_frames(batch)
-        z_last = self.posterior_mode(last, None if previous is None else previous[:, -1])
+        z_last = self.posterior_mode(last, None if previous is None else previous[:, -1], y_last)
         return ImagineState(carry, y_last, z_last, last["image"] if self.config.frames == 2 else None)
 
     def filter_step(self, state: ImagineState, action: jax.Array, obs: dict) -> ImagineState:
@@ -414,7 +467,7 @@ class WorldModel(nnx.Module):
         episode the latent features a policy sees in the dream (`envs.dream.LatentObservation`)."""
         reset = jnp.zeros(action.shape[:1], bool)
         y, carry = self.backbone.step(self.backbone_input(state.z, action), state.carry, reset)
-        z = self.posterior_mode(obs, state.frame)
+        z = self.posterior_mode(obs, state.frame, y)
         return ImagineState(carry, y, z, obs["image"] if self.config.frames == 2 else None)
 
     def starts(self, batch: dict, observation: Observation) -> ImagineState:
@@ -460,7 +513,7 @@ class WorldModel(nnx.Module):
                                  "state must hold the last frame; start it with `initial_state`.")
             previous = jnp.where(is_first[:, None, None, None], obs["image"], state.frame)
             frame = obs["image"]
-        z = jax.nn.one_hot(jax.random.categorical(latent_key, self.encode(obs, previous)), self.config.latent_classes)
+        z = jax.nn.one_hot(jax.random.categorical(latent_key, self.encode(obs, previous, y_prev)), self.config.latent_classes)
         action = policy(ImagineState(carry, y_prev, z), policy_key)
         y, carry = self.backbone.step(self.backbone_input(z, action), carry, jnp.zeros((B,), bool))
         return action, ImagineState(carry, y, z, frame)
