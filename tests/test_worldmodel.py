@@ -115,11 +115,11 @@ def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder(patch):
         dataclasses.replace(TINY, decoder_flow=True)
 
 
-@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "distance", "patch4", "filter"])
+@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "distance", "patch4", "filter", "nonlinear-input"])
 def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
     config = dataclasses.replace(TINY, decoder_skip=decoder in ("skip", "flow", "distance"), decoder_flow=decoder == "flow",
                                  decoder_distance=decoder == "distance", patch=4 if decoder == "patch4" else 2,
-                                 posterior="filter" if decoder == "filter" else "frame")
+                                 posterior="filter" if decoder == "filter" else "frame", nonlinear_input=decoder == "nonlinear-input")
     model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
