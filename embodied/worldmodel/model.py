@@ -105,7 +105,8 @@ class WorldModelConfig:
     parallel (S5WM, R2I). filter: also y_{t-1}, the backbone output before it, as DreamerV3's RSSM
     reads its recurrent state: z_t then has to hold only what y_{t-1} did not already predict, and
     what the backbone integrates is a correction of its own estimate rather than a fresh, noisy
-    code of each frame, from which it must difference velocities. Training then steps the backbone
+    code of each frame (from positions alone on cartpole balance it lifted the agent from 580 to
+    895 and y's read-out of the positions from R^2 0.90 to 0.95; README). Training then steps the backbone
     through time (`lax.scan`; the encoder and decoder still run on all frames at once); imagination
     and acting are unchanged, O(1) a step."""
     nonlinear_input: bool = False
