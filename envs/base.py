@@ -39,6 +39,8 @@ class MujocoTask(gym.Env, abc.ABC):
     actuators' range; values outside are clipped. One `step` applies the action
     for `action_repeat` physics steps, sums their rewards, and renders once.
     `truncated` is set after `time_limit` steps of the agent (after repeat).
+    `supersample` K > 1 anti-aliases the image: it is rendered K times larger
+    and each K x K block averaged (`envs.render`).
     """
 
     metadata = {"render_modes": ["rgb_array"]}
@@ -53,6 +55,7 @@ class MujocoTask(gym.Env, abc.ABC):
         time_limit: int,
         camera: Camera | None,
         render_mode: str | None = "rgb_array",
+        supersample: int = 1,
     ):
         if not (pixels or proprio):
             raise ValueError("At least one of pixels=True or proprio=True is needed; both are False.")
@@ -65,6 +68,8 @@ class MujocoTask(gym.Env, abc.ABC):
         self._pixels, self._proprio = pixels, proprio
         self._repeat, self._time_limit = action_repeat, time_limit
         self._camera = self._default_camera() if camera is None else camera
+        check_steps("supersample", supersample, " (1 renders without anti-aliasing)")
+        self._supersample = supersample
         self._renderer: FastRenderer | None = None
         self._steps = 0
 
@@ -152,7 +157,7 @@ class MujocoTask(gym.Env, abc.ABC):
         if self._renderer is None:
             # Created on first use, in the process that steps the task: a GL
             # context cannot cross a fork into vectorised workers.
-            self._renderer = FastRenderer(model, *self._size, self._camera)
+            self._renderer = FastRenderer(model, *self._size, self._camera, self._supersample)
         return self._renderer.render(data)
 
     def _observation(self, proprio: np.ndarray) -> dict[str, np.ndarray]:

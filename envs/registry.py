@@ -32,6 +32,7 @@ def make(
     time_limit: int | None = None,
     camera: int | str | None = None,
     velocities: bool = True,
+    supersample: int = 1,
 ) -> gym.Env:
     """A Gymnasium environment for task `name`, e.g. `gym/HalfCheetah-v5` or `dmc/cheetah-run`.
 
@@ -41,6 +42,8 @@ def make(
     to the suite's usual values; `camera` is a model camera index or name.
     `velocities=False` leaves velocities out of `proprio` (dmc tasks only): the
     partially observed form of a task, whose agent must infer them from positions.
+    `supersample` K > 1 renders each image at K times the size and averages K x K
+    blocks: anti-aliasing, which keeps a thin body's small movements in the image.
     """
     suite, _, task = name.partition("/")
     if suite not in SUITES or task not in SUITES[suite][1]:
@@ -49,8 +52,9 @@ def make(
         raise ValueError(f"Unknown task {name!r}.{hint} Known tasks: {', '.join(names())}.")
     check_steps("action_repeat", action_repeat)
     check_steps("time_limit", time_limit, " (steps after action repeat)")
+    check_steps("supersample", supersample, " (1 renders without anti-aliasing)")
     constructor, _ = SUITES[suite]
-    options = dict(size=size, pixels=pixels, proprio=proprio, time_limit=time_limit, camera=camera)
+    options = dict(size=size, pixels=pixels, proprio=proprio, time_limit=time_limit, camera=camera, supersample=supersample)
     if action_repeat is not None:
         options["action_repeat"] = action_repeat
     if not velocities:

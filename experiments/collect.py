@@ -41,6 +41,8 @@ class Args:
     """Defaults to the suite's (2 for dmc, 1 for gym)."""
     time_limit: int | None = None
     """Episode length in steps after action repeat; defaults to the suite's."""
+    supersample: int = 1
+    """Anti-aliasing: render each image this many times larger and average the blocks (see envs.make)."""
     seed: int = 0
 
 
@@ -50,7 +52,7 @@ def collect(args: Args) -> pathlib.Path:
     out = args.out or pathlib.Path("data") / args.task.replace("/", "-")
     store = EpisodeStore(out)
     options = dict(size=args.size, pixels=args.pixels, proprio=args.proprio, velocities=args.velocities,
-                   action_repeat=args.action_repeat, time_limit=args.time_limit)
+                   action_repeat=args.action_repeat, time_limit=args.time_limit, supersample=args.supersample)
     vector = envs.make_vector(args.task, args.num_envs, **options)
     policy = random_policy(vector.single_action_space, seed=args.seed)
     scores: list[float] = []

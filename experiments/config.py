@@ -46,6 +46,9 @@ class EnvConfig:
     """Defaults to the suite's (2 for dmc, 1 for gym)."""
     time_limit: int | None = None
     """Episode length in agent steps; defaults to the suite's."""
+    supersample: int = 1
+    """Anti-aliasing: each image is rendered at this many times its height and width and every block
+    averaged, so that a thin body's small movements (a pole's tilt) change pixels smoothly. 1: off."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +123,7 @@ def validate(config: Config) -> None:
         "env.size": (config.env.size >= 16 and config.env.size % 2**halvings == 0,
                      f"a multiple of {2**halvings} (the encoder halves it {halvings} times), >= 16"),
         "env.pixels": (config.env.pixels or config.env.proprio, "on, or proprio on (at least one of the two)"),
+        "env.supersample": (config.env.supersample >= 1, ">= 1 (1 renders without anti-aliasing)"),
         "env.velocities": (config.env.velocities or (config.env.proprio and config.task.split("/")[0] in ("dmc", "mjx")),
                            "on, unless proprio is on and the task is a dmc/ or mjx/ one (it thins the proprio vector)"),
         "replay.capacity": (config.replay.capacity >= config.length, f">= length ({config.length})"),
@@ -161,11 +165,11 @@ def _validate_compiled(config: Config) -> None:
 
 def recorded_env(run: pathlib.Path) -> dict:
     """The environment options an agent run recorded in its config.json that change what the task gives
-    (action repeat, time limit, velocities), for `envs.make`; {} where the run records none."""
+    (action repeat, time limit, velocities, anti-aliasing), for `envs.make`; {} where the run records none."""
     run = pathlib.Path(run)
     path = (run.parent if run.name == "checkpoints" else run) / "config.json"
     env = json.loads(path.read_text()).get("env", {}) if path.is_file() else {}
-    return {k: env[k] for k in ("action_repeat", "time_limit", "velocities") if k in env}
+    return {k: env[k] for k in ("action_repeat", "time_limit", "velocities", "supersample") if k in env}
 
 
 def compiled_defaults(config: Config) -> Config:

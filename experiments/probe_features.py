@@ -63,13 +63,16 @@ def ridge_r2(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_
     return 1.0 - rms**2 / test_y.var(0), rms
 
 
-def features(model, episodes: int, noise: float, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """y_{t-1} (N, D), z_t (N, V*K) and the true state (N, 4) at every step of `episodes` noisy-LQR episodes."""
+def features(model, episodes: int, noise: float, seed: int, size: int = 64,
+             supersample: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """y_{t-1} (N, D), z_t (N, V*K) and the true state (N, 4) at every step of `episodes` noisy-LQR episodes,
+    rendered as the model was trained (`supersample`)."""
     import envs
     from experiments.probe_state import cartpole_state, lqr_gain, noisy_lqr
 
     keys = [k for k in ("image", "proprio") if getattr(model.spec, k) is not None]
-    env = envs.make("dmc/cartpole-balance", pixels="image" in keys, proprio=True, size=size)
+    env = envs.make("dmc/cartpole-balance", pixels="image" in keys, proprio=True, size=size,
+                    supersample=supersample)
     gain, rng = lqr_gain(env.action_repeat), np.random.default_rng(seed)
     step = jax.jit(lambda s, obs, action, key: model.act_step(s, obs, obs["is_first"], lambda *_: action, key)[1])
     ys, zs, states = [], [], []
@@ -94,9 +97,10 @@ def features(model, episodes: int, noise: float, seed: int, size: int = 64) -> t
     return np.stack(ys), np.stack(zs), np.stack(states)
 
 
-def probe(model, episodes: int = 6, noise: float = 1.0, seed: int = 0, size: int = 64) -> dict[str, dict[str, list[float]]]:
+def probe(model, episodes: int = 6, noise: float = 1.0, seed: int = 0, size: int = 64,
+          supersample: int = 1) -> dict[str, dict[str, list[float]]]:
     """R^2 and RMS error of each `STATE` variable read linearly from z, y and [y, z]."""
-    y, z, state = features(model, episodes, noise, seed, size)
+    y, z, state = features(model, episodes, noise, seed, size, supersample)
     split = len(state) * 2 // 3  # episodes are equally long, so this splits between episodes when `episodes` divides by 3
     result = {}
     for name, x in (("z", z), ("y", y), ("y,z", np.c_[y, z])):
@@ -108,6 +112,7 @@ def probe(model, episodes: int = 6, noise: float = 1.0, seed: int = 0, size: int
 
 def main(args: Args) -> dict:
     from embodied.worldmodel.io import load
+    from experiments.config import recorded_env
 
     if args.episodes < 2 or args.noise < 0:
         raise ValueError(f"--episodes must be >= 2 and --noise >= 0; got {args.episodes} and {args.noise}.")
@@ -119,7 +124,8 @@ def main(args: Args) -> dict:
             raise ValueError(f"{run}: a cartpole world model is needed (one action; proprio of 5 numbers, or 3 without velocities, if any); "
                              f"this one has spec {spec}.")
         size = spec.image[0] if spec.image is not None else 64
-        results[str(run)] = result = probe(loaded.model, args.episodes, args.noise, args.seed, size)
+        supersample = recorded_env(run).get("supersample", 1)
+        results[str(run)] = result = probe(loaded.model, args.episodes, args.noise, args.seed, size, supersample)
         seen = " and ".join(k for k in ("image", "proprio") if getattr(spec, k) is not None)
         print(f"{run} (step {loaded.step}, sees {seen}, frames {loaded.model.config.frames}): held-out R^2 (RMS error) of a linear read-out")
         print(f"  {'':5}" + "".join(f"{name:>26}" for name in STATE))

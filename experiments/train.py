@@ -76,7 +76,7 @@ def parse(argv: list[str] | None = None) -> Config:
 def env_options(config: Config) -> dict:
     e = config.env
     return dict(size=e.size, pixels=e.pixels, proprio=e.proprio, action_repeat=e.action_repeat, time_limit=e.time_limit,
-                velocities=e.velocities)
+                velocities=e.velocities, supersample=e.supersample)
 
 
 def task_spec(vector) -> Spec:

@@ -80,6 +80,32 @@ def test_velocities_can_be_left_out_of_proprio_for_a_partially_observed_task():
         without_velocities("some-task", ["position", "touch"])
 
 
+def test_supersample_averages_a_render_at_k_times_the_size():
+    # Anti-aliasing: the frame at size 32 with supersample 2 is the block mean of the frame at size 64,
+    # so a thin body's tilt moves pixel values by its covered share instead of flipping whole pixels.
+    fine = envs.make("dmc/cartpole-balance", size=64, proprio=False)
+    smooth = envs.make("dmc/cartpole-balance", size=32, proprio=False, supersample=2)
+    action = np.array([0.7], np.float32)
+    for env in (fine, smooth):
+        env.reset(seed=2)
+    for _ in range(3):
+        big, small = fine.step(action)[0]["image"], smooth.step(action)[0]["image"]
+        assert small.shape == (32, 32, 3) and small.dtype == np.uint8
+        blocks = big.reshape(32, 2, 32, 2, 3).astype(np.float64).mean((1, 3))
+        assert np.abs(small - blocks).max() <= 0.5
+        assert len(np.unique(small)) > len(np.unique(big[::2, ::2]))  # in-between shades at edges
+    with pytest.raises(ValueError, match=r"supersample must be an int >= 1 \(1 renders without anti-aliasing\); got 0"):
+        envs.make("dmc/cartpole-balance", supersample=0)
+
+
+def test_antialiasing_makes_a_small_pole_tilt_readable_from_the_pixels():
+    from experiments.antialias import Args, main
+
+    r2 = main(Args(supersample=(1, 2), states=300))
+    assert r2[1]["cart position"] > 0.95 and r2[2]["cart position"] > 0.95
+    assert r2[2]["pole angle"] > 0.7 and r2[2]["pole angle"] > r2[1]["pole angle"] + 0.3
+
+
 def test_reset_with_a_seed_is_reproducible():
     env = envs.make("dmc/cartpole-swingup")
     first = env.reset(seed=3)[0]

@@ -114,6 +114,7 @@ def test_a_field_added_since_the_run_started_counts_as_its_default():
     (["--devices", "3"], "devices=3"),
     (["--replay.prefill-share", "0.3", "--prefill", "0"], "replay.prefill_share=0.3"),
     (["--env.no-velocities"], "env.velocities=False"),  # pixels only: no proprio to thin
+    (["--env.supersample", "0"], "env.supersample=0"),
     (["--task", "gym/Hopper-v5", "--env.proprio", "--env.no-velocities"], "env.velocities=False"),
 ])
 def test_bad_config_fails_before_any_work_with_the_field_name(flags, message, capsys):
@@ -126,3 +127,16 @@ def test_bad_config_fails_before_any_work_with_the_field_name(flags, message, ca
 def test_unknown_field_is_rejected():
     with pytest.raises(SystemExit):
         parse(["--preset", "debug", "--agent.horizonn", "3"])
+
+
+def test_evaluation_makes_the_task_as_the_run_recorded_it(run, tmp_path):
+    # evaluate, imagine and probe_features rebuild the task from config.json: an anti-aliased or
+    # velocity-free run is evaluated on the observations it was trained on.
+    from experiments.config import recorded_env
+
+    run, _ = run
+    assert recorded_env(run) == {"action_repeat": None, "time_limit": None, "velocities": True, "supersample": 1}
+    config = json.loads((run / "config.json").read_text())
+    config["env"].update(supersample=4, velocities=False)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert recorded_env(tmp_path / "checkpoints") == {"action_repeat": None, "time_limit": None, "velocities": False, "supersample": 4}
