@@ -135,8 +135,8 @@ def test_evaluation_makes_the_task_as_the_run_recorded_it(run, tmp_path):
     from experiments.config import recorded_env
 
     run, _ = run
-    assert recorded_env(run) == {"action_repeat": None, "time_limit": None, "velocities": True, "supersample": 1}
+    assert recorded_env(run) == {"action_repeat": None, "time_limit": 50, "velocities": True, "supersample": 1}  # the debug preset's
     config = json.loads((run / "config.json").read_text())
     config["env"].update(supersample=4, velocities=False)
     (tmp_path / "config.json").write_text(json.dumps(config))
-    assert recorded_env(tmp_path / "checkpoints") == {"action_repeat": None, "time_limit": None, "velocities": False, "supersample": 4}
+    assert recorded_env(tmp_path / "checkpoints") == {"action_repeat": None, "time_limit": 50, "velocities": False, "supersample": 4}
