@@ -12,7 +12,7 @@ from embodied.nn.conv import Decoder, Down, Encoder, Patch, Up, depth_to_space, 
 from embodied.nn.ssm import SSMEigen
 from embodied.worldmodel.backbones import BackboneConfig
 from embodied.worldmodel.imagine import imagine
-from embodied.worldmodel.model import Spec, WorldModel, WorldModelConfig
+from embodied.worldmodel.model import Spec, WorldModel, WorldModelConfig, focus_weights
 from embodied.worldmodel.train import OptimConfig, decay_mask, init_state, make_optimizer, make_train_step, skipped_updates
 
 TINY = WorldModelConfig(backbone=BackboneConfig(dim=16, state=8, layers=1), depth=4, latent_vars=4, latent_classes=4, hidden=16, reward_bins=15)
@@ -148,6 +148,32 @@ def test_proprio_scale_weights_only_the_proprio_reconstruction():
     np.testing.assert_allclose(three, one + 2 * metrics["proprio_loss"], rtol=1e-5)
     with pytest.raises(ValueError, match="model.proprio_scale=-1.0 cannot work"):
         dataclasses.replace(TINY, proprio_scale=-1.0)
+
+
+def test_image_focus_weights_the_pixels_that_differ_from_the_batch_mean_frame():
+    frames = np.full((2, 4, 16, 16, 3), 100, np.uint8)
+    frames[:, :2, 3, 5] = 255  # one pixel lit in half the frames: 0.5 * 155 / 255 from its mean
+    weight = focus_weights(jnp.asarray(frames), 4.0)
+    expected = np.ones((2, 4, 16, 16, 1), np.float32)
+    expected[:, :, 3, 5] = 1 + 4.0 * 0.5 * 155 / 255
+    np.testing.assert_allclose(weight, expected, rtol=1e-6)
+    assert focus_weights(jnp.asarray(frames), 0.0) is None
+
+    data, key = batch(), jax.random.key(0)
+    plain, plain_metrics = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0)).loss(data, key)
+    focused_model = WorldModel(dataclasses.replace(TINY, image_focus=4.0), SPEC, rngs=nnx.Rngs(0))
+    loss, metrics = focused_model.loss(data, key)
+    assert "image_focused_loss" not in plain_metrics
+    np.testing.assert_allclose(metrics["image_loss"], plain_metrics["image_loss"], rtol=1e-6)  # logged unweighted
+    drawn = focused_model.reconstruct(data, focused_model.observe(data, key).z)["image"]
+    error = (drawn - (data["image"] / 255.0 - 0.5)) ** 2
+    np.testing.assert_allclose(metrics["image_focused_loss"], (focus_weights(jnp.asarray(data["image"]), 4.0) * error).sum((2, 3, 4)).mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss, plain - plain_metrics["image_loss"] + metrics["image_focused_loss"], rtol=1e-5)
+    # A batch of one repeated frame has nothing to focus on: the weights are all 1.
+    data["image"][:] = data["image"][:1, :1]
+    np.testing.assert_allclose(focused_model.loss(data, key)[0], WorldModel(TINY, SPEC, rngs=nnx.Rngs(0)).loss(data, key)[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="model.image_focus=-1.0 cannot work"):
+        dataclasses.replace(TINY, image_focus=-1.0)
 
 
 def test_next_proprio_regresses_the_next_observation_from_the_backbone_output_within_episodes():
