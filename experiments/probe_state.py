@@ -6,7 +6,7 @@ Acts with the run's policy (exploring, as in training) in the task's dm-control 
 encodes each proprio observation to its posterior mode z_t, decodes z_t, and prints the
 root-mean-square error per observation dimension beside the observations' spread. For
 cartpole it also prints the pole angle's error in degrees. A world model whose latent
-loses the state this way gives its actor a coarse view of it (README, the agent section).
+loses the state this way gives its actor a coarse view of it (docs/agent-experiments.md).
 
 For cartpole it then asks whether that view suffices to balance, and whether the actor
 uses it, on `dmc/cartpole-balance` (`--episodes` episodes each): an LQR controller,

@@ -47,7 +47,7 @@ class DreamerConfig:
     deviation added to each sampled continuous action before the clip, or for discrete actions the
     chance of a uniform random one. Evaluation acts without it, and imagination never sees it. A
     policy that acts almost deterministically fills the replay with actions its states predict,
-    and a world model trained on that replay learns little of what an action does (README)."""
+    and a world model trained on that replay learns little of what an action does (docs/agent-experiments.md)."""
     actor_optim: OptimConfig = OptimConfig(lr=3e-4, eps=1e-5, clip=100.0)
     critic_optim: OptimConfig = OptimConfig(lr=3e-4, eps=1e-5, clip=100.0)
 

@@ -44,7 +44,7 @@ class WorldModelConfig:
     in place of the first two layers, and a last decoder layer that draws 4x4 pixel patches in
     place of the last two; the latent sees the same resolutions from 1/4 down. On a CPU the
     full- and half-resolution layers cost most of the world model's update while holding the
-    fewest parameters: 4 makes the small preset's whole agent update 1.6x faster (README)."""
+    fewest parameters: 4 makes the small preset's whole agent update 1.6x faster (docs/agent-experiments.md)."""
     latent_vars: int = 32
     """V categorical latent variables per frame."""
     latent_classes: int = 16
@@ -93,7 +93,7 @@ class WorldModelConfig:
     Training takes o_{t-1} from the replayed sequence itself (at its first step, o_t again, as its
     fresh carry treats it as an episode start), and acting keeps the last real frame in the policy
     state. The decoder still draws o_t alone, so no loss asks z_t to hold a velocity: on cartpole
-    balance from pixels it did not (`experiments.probe_features`, README), and the return moved
+    balance from pixels it did not (`experiments.probe_features`, docs/agent-experiments.md), and the return moved
     within one seed's noise."""
     decode_previous: bool = False
     """With `frames=2`: the decoder draws o_{t-1} from z_t as well as o_t (6 output channels, both
@@ -106,7 +106,7 @@ class WorldModelConfig:
     reads its recurrent state: z_t then has to hold only what y_{t-1} did not already predict, and
     what the backbone integrates is a correction of its own estimate rather than a fresh, noisy
     code of each frame (from positions alone on cartpole balance it lifted the agent from 580 to
-    895 and y's read-out of the positions from R^2 0.90 to 0.95; README). Training then steps the backbone
+    895 and y's read-out of the positions from R^2 0.90 to 0.95; docs/agent-experiments.md). Training then steps the backbone
     through time (`lax.scan`; the encoder and decoder still run on all frames at once); imagination
     and acting are unchanged, O(1) a step."""
     nonlinear_input: bool = False
@@ -122,7 +122,7 @@ class WorldModelConfig:
     to change a class: an action's effect within a step or two, or the whole effect of an action
     its state already predicts (a policy's own). With features the reconstruction also trains the
     backbone, through a continuous path, to carry what z_t misses and what the last action did.
-    Decoding then needs the backbone output as well (`decode(..., y=)`). Measured (README): it did
+    Decoding then needs the backbone output as well (`decode(..., y=)`). Measured (docs/agent-experiments.md): it did
     not teach an action's effect from LQR-balanced data, and the pixel cartpole agents with it
     learned nothing in 100k steps (the image loss then also reaches the backbone)."""
 
@@ -132,7 +132,7 @@ class WorldModelConfig:
     in [0, 1]) from that pixel's mean over every frame of the batch. 0 weighs every pixel alike.
     Under a fixed camera the mean frame is the background with the moving bodies blurred over
     it, so the weight falls on where the bodies are: cartpole's pole is a few dozen of 4,096
-    pixels, and the unweighted loss pays little for drawing its angle coarsely (README)."""
+    pixels, and the unweighted loss pays little for drawing its angle coarsely (docs/agent-experiments.md)."""
 
     def __post_init__(self):
         require(self, {"image_focus": (self.image_focus >= 0.0, ">= 0"),
