@@ -132,7 +132,10 @@ class WorldModelConfig:
     in [0, 1]) from that pixel's mean over every frame of the batch. 0 weighs every pixel alike.
     Under a fixed camera the mean frame is the background with the moving bodies blurred over
     it, so the weight falls on where the bodies are: cartpole's pole is a few dozen of 4,096
-    pixels, and the unweighted loss pays little for drawing its angle coarsely (docs/agent-experiments.md)."""
+    pixels, and the unweighted loss pays little for drawing its angle coarsely. On pixel cartpole
+    balance, 20 raised a linear read-out of the pole's angle from y to R^2 0.91 (0.85 without) and
+    the reward head learned sooner; the return moved within two seeds' spread (one seed with it;
+    docs/agent-experiments.md)."""
 
     def __post_init__(self):
         require(self, {"image_focus": (self.image_focus >= 0.0, ">= 0"),
