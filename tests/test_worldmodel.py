@@ -153,11 +153,11 @@ def test_proprio_scale_weights_only_the_proprio_reconstruction():
 def test_image_focus_weights_the_pixels_that_differ_from_the_batch_mean_frame():
     frames = np.full((2, 4, 16, 16, 3), 100, np.uint8)
     frames[:, :2, 3, 5] = 255  # one pixel lit in half the frames: 0.5 * 155 / 255 from its mean
-    weight = focus_weights(jnp.asarray(frames), 4.0)
+    weight = focus_weights(jnp.asarray(frames) / 255.0, 4.0)
     expected = np.ones((2, 4, 16, 16, 1), np.float32)
     expected[:, :, 3, 5] = 1 + 4.0 * 0.5 * 155 / 255
     np.testing.assert_allclose(weight, expected, rtol=1e-6)
-    assert focus_weights(jnp.asarray(frames), 0.0) is None
+    assert focus_weights(jnp.asarray(frames) / 255.0, 0.0) is None
 
     data, key = batch(), jax.random.key(0)
     plain, plain_metrics = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0)).loss(data, key)
@@ -167,7 +167,7 @@ def test_image_focus_weights_the_pixels_that_differ_from_the_batch_mean_frame():
     np.testing.assert_allclose(metrics["image_loss"], plain_metrics["image_loss"], rtol=1e-6)  # logged unweighted
     drawn = focused_model.reconstruct(data, focused_model.observe(data, key).z)["image"]
     error = (drawn - (data["image"] / 255.0 - 0.5)) ** 2
-    np.testing.assert_allclose(metrics["image_focused_loss"], (focus_weights(jnp.asarray(data["image"]), 4.0) * error).sum((2, 3, 4)).mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["image_focused_loss"], (focus_weights(data["image"] / 255.0, 4.0) * error).sum((2, 3, 4)).mean(), rtol=1e-5)
     np.testing.assert_allclose(loss, plain - plain_metrics["image_loss"] + metrics["image_focused_loss"], rtol=1e-5)
     # A batch of one repeated frame has nothing to focus on: the weights are all 1.
     data["image"][:] = data["image"][:1, :1]

@@ -195,13 +195,13 @@ class Observation(NamedTuple):
 
 
 def focus_weights(frames: jax.Array, focus: float) -> jax.Array | None:
-    """Per-pixel weights of the image loss for uint8 frames [B, T, H, W, 3]: 1 + focus * d, d the
-    pixel's distance from its mean over the batch's frames (mean over channels, in [0, 1]);
-    None when focus is 0. Data, not a parameter: no gradient flows through it."""
+    """Per-pixel weights of the image loss for frames [B, T, H, W, 3] scaled to a range of 1 (any
+    offset: only differences count): 1 + focus * d, d the pixel's distance from its mean over the
+    batch's frames (mean over channels, in [0, 1]); None when focus is 0. Data, not a parameter:
+    no gradient flows through it."""
     if focus == 0:
         return None
-    x = frames.astype(jnp.float32) / 255.0
-    distance = jnp.abs(x - x.mean((0, 1))).mean(-1, keepdims=True)
+    distance = jnp.abs(frames - frames.mean((0, 1))).mean(-1, keepdims=True)
     return 1.0 + focus * distance
 
 
@@ -417,9 +417,10 @@ class WorldModel(nnx.Module):
         if "image" in recon:
             for name, drawn, frames in [("image", recon["image"], batch["image"])] + (
                     [("previous_image", recon["previous_image"], self.previous_frames(batch))] if "previous_image" in recon else []):
-                error = (drawn - (frames.astype(jnp.float32) / 255.0 - 0.5)) ** 2
+                target = frames.astype(jnp.float32) / 255.0 - 0.5
+                error = (drawn - target) ** 2
                 metrics[f"{name}_loss"] = error.sum((-3, -2, -1)).mean()
-                weight = focus_weights(frames, c.image_focus)
+                weight = focus_weights(target, c.image_focus)
                 if weight is None:
                     loss += metrics[f"{name}_loss"]
                 else:
