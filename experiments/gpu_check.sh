@@ -43,11 +43,11 @@ python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__versi
 step() {  # step SECONDS NAME COMMAND...: one benchmark, its output (rows included) to $out/NAME.md
   local seconds=$1 name=$2; shift 2
   echo "== $name ($(date +%T), at most $seconds s)"
-  timeout "$seconds" "$@" > "$out/$name.md" 2>&1; echo "== $name: exit $?"; grep -a "measured\|^|" "$out/$name.md" | tail -40
+  timeout -k 15 "$seconds" "$@" > "$out/$name.md" 2>&1; echo "== $name: exit $?"; grep -a "measured\|^|" "$out/$name.md" | tail -40
 }
 step 150 backbones-t256 python3 -m experiments.benchmark_worldmodel --lengths 256 --scans parallel --frames 16384
 step 120 backbones-t1024 python3 -m experiments.benchmark_worldmodel --lengths 1024 --scans parallel --frames 16384 --kinds ssm gru
-step 120 agent-step python3 -m experiments.benchmark_parallel --devices 1 --dtypes float32 bfloat16 --starts --patches --batch 64
+step 120 agent-step python3 -m experiments.benchmark_parallel --devices 1 --dtypes float32 bfloat16 --starts --patches --posteriors --batch 64
 step 120 compiled-loop python3 -m experiments.train --task mjx/cartpole-swingup --run /tmp/gpu-loop --env.envs 1024 \
   --steps 2000000 --prefill 131072 --log-every 65536 --eval-every 0 --save-every 100000000
 cp /tmp/gpu-loop/metrics.jsonl "$out/compiled-loop-metrics.jsonl" 2>/dev/null
