@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import time
 
 import numpy as np
 
@@ -20,7 +21,11 @@ def resident_memory_gib() -> float:
 
 
 class Logger:
-    """`write(step, metrics)` appends a line to metrics.jsonl and scalars to TensorBoard."""
+    """`write(step, metrics)` appends a line to metrics.jsonl and scalars to TensorBoard.
+
+    Each line also holds `time`, the Unix time it was written: the wall time to a return,
+    across resumes too (the gap while a run was stopped shows between two lines).
+    """
 
     def __init__(self, directory: str | os.PathLike, tensorboard: bool = True):
         self.directory = pathlib.Path(directory)
@@ -34,7 +39,7 @@ class Logger:
 
     def write(self, step: int, metrics: dict) -> None:
         scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._jsonl.write(json.dumps({"step": int(step), "time": round(time.time(), 3), **scalars}) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for key, value in scalars.items():

@@ -52,6 +52,8 @@ def test_resume_continues_the_counters_and_keeps_the_replay_once(run):
     assert resumed["updates"] > out["updates"]
     steps = [line["step"] for line in lines(run) if "speed/env_steps_per_s" in line]
     assert steps == sorted(steps) and steps[-1] == 600 and 400 in steps, steps
+    times = [line["time"] for line in lines(run)]  # wall clock on every line, for the time to a return
+    assert times == sorted(times) and times[-1] - times[0] > 1, times
     # The reloaded replay holds each stored episode once: memory does not double on resume.
     assert len(Replay(ReplayConfig(capacity=20_000), directory=run / "replay")) >= on_disk
     assert len(Replay(ReplayConfig(capacity=20_000), directory=run / "replay")) == sum(
