@@ -19,6 +19,7 @@ import tyro
 import envs
 from embodied.driver import Driver, EpisodeStats, random_policy
 from embodied.replay import EpisodeStore
+from experiments.config import EnvConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,20 +30,8 @@ class Args:
     """Episodes to write."""
     out: pathlib.Path | None = None
     """Dataset directory; defaults to data/<task with / replaced by ->."""
-    num_envs: int = 2
-    """Environment copies, each in its own process."""
-    size: int = 64
-    """Image height and width."""
-    pixels: bool = True
-    proprio: bool = True
-    velocities: bool = True
-    """Off: proprio leaves velocities out (dmc/ tasks; see envs.make)."""
-    action_repeat: int | None = None
-    """Defaults to the suite's (2 for dmc, 1 for gym)."""
-    time_limit: int | None = None
-    """Episode length in steps after action repeat; defaults to the suite's."""
-    supersample: int = 1
-    """Anti-aliasing: render each image this many times larger and average the blocks (see envs.make)."""
+    env: EnvConfig = EnvConfig(envs=2, proprio=True)
+    """The environments, as experiments.train's `--env.*` flags; here proprio is on by default (datasets keep both)."""
     seed: int = 0
 
 
@@ -51,9 +40,7 @@ def collect(args: Args) -> pathlib.Path:
         raise ValueError(f"--episodes must be >= 1; got {args.episodes}.")
     out = args.out or pathlib.Path("data") / args.task.replace("/", "-")
     store = EpisodeStore(out)
-    options = dict(size=args.size, pixels=args.pixels, proprio=args.proprio, velocities=args.velocities,
-                   action_repeat=args.action_repeat, time_limit=args.time_limit, supersample=args.supersample)
-    vector = envs.make_vector(args.task, args.num_envs, **options)
+    vector = envs.make_vector(args.task, args.env.envs, **args.env.options())
     policy = random_policy(vector.single_action_space, seed=args.seed)
     scores: list[float] = []
     bar = tqdm.tqdm(total=args.episodes, unit="ep", desc=f"collect {args.task}")

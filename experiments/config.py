@@ -50,6 +50,11 @@ class EnvConfig:
     """Anti-aliasing: each image is rendered at this many times its height and width and every block
     averaged, so that a thin body's small movements (a pole's tilt) change pixels smoothly. 1: off."""
 
+    def options(self) -> dict:
+        """The keyword arguments of `envs.make` and `envs.make_vector` these fields give (all but `envs`)."""
+        return dict(size=self.size, pixels=self.pixels, proprio=self.proprio, velocities=self.velocities,
+                    action_repeat=self.action_repeat, time_limit=self.time_limit, supersample=self.supersample)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:

@@ -73,12 +73,6 @@ def parse(argv: list[str] | None = None) -> Config:
     return config
 
 
-def env_options(config: Config) -> dict:
-    e = config.env
-    return dict(size=e.size, pixels=e.pixels, proprio=e.proprio, action_repeat=e.action_repeat, time_limit=e.time_limit,
-                velocities=e.velocities, supersample=e.supersample)
-
-
 def task_spec(vector) -> Spec:
     spaces = vector.single_observation_space.spaces
     return Spec(image=spaces["image"].shape if "image" in spaces else None,
@@ -141,7 +135,7 @@ def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: ja
     An agent of an `mjx/` task runs in the task's dm-control form (same observations, rewards, timing).
     `fresh_every` N starts the policy's recurrent state afresh every N agent steps, as at an episode's
     start: no longer a history than a training sequence of N steps gives."""
-    env = envs.make(config.task.replace("mjx/", "dmc/", 1), **env_options(config))
+    env = envs.make(config.task.replace("mjx/", "dmc/", 1), **config.env.options())
     acting = Acting(agent, config, 1, key, explore=False)
     acting.agent_state = agent_state
     scores, frames = [], []
@@ -246,7 +240,7 @@ def train(config: Config) -> dict:
     if config.batch % (config.devices * processes):
         raise ValueError(f"batch={config.batch} must divide over all {config.devices * processes} devices "
                          f"({processes} processes x devices={config.devices}).")
-    vector = envs.make_vector(config.task, config.env.envs, **env_options(config))
+    vector = envs.make_vector(config.task, config.env.envs, **config.env.options())
     spec, repeat = task_spec(vector), vector.get_attr("action_repeat")[0]
     agent = make_agent(config, spec)
     state = agent.init(config.seed)

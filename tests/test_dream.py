@@ -11,6 +11,7 @@ import envs
 from embodied.worldmodel import BackboneConfig, WorldModelConfig
 from experiments import imagine
 from experiments.collect import Args as CollectArgs, collect
+from experiments.config import EnvConfig
 from experiments.train_world_model import Args, train
 
 TINY = WorldModelConfig(backbone=BackboneConfig(dim=32, state=16, layers=1), depth=4, latent_vars=8, latent_classes=8, hidden=32, reward_bins=31)
@@ -18,7 +19,7 @@ TINY = WorldModelConfig(backbone=BackboneConfig(dim=32, state=16, layers=1), dep
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    data = collect(CollectArgs(task="dmc/cartpole-swingup", episodes=2, out=tmp_path_factory.mktemp("data"), num_envs=1, time_limit=20, size=16))
+    data = collect(CollectArgs(task="dmc/cartpole-swingup", episodes=2, out=tmp_path_factory.mktemp("data"), env=EnvConfig(envs=1, proprio=True, time_limit=20, size=16)))
     run = tmp_path_factory.mktemp("wm") / "run"
     train(Args(data=data, run=run, model=TINY, batch=2, length=8, updates=2, log_every=1, save_every=2))
     return run, data

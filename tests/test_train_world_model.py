@@ -5,6 +5,7 @@ import pytest
 
 from embodied.worldmodel import BackboneConfig, WorldModelConfig
 from experiments.collect import Args as CollectArgs, collect
+from experiments.config import EnvConfig
 from experiments.evaluate_world_model import Args as EvalArgs, evaluate
 from experiments.train_world_model import Args, load, train
 
@@ -13,7 +14,7 @@ TINY = WorldModelConfig(backbone=BackboneConfig(dim=32, state=16, layers=1), dep
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return collect(CollectArgs(task="dmc/cartpole-swingup", episodes=2, out=tmp_path_factory.mktemp("data"), num_envs=2, time_limit=40, size=16))
+    return collect(CollectArgs(task="dmc/cartpole-swingup", episodes=2, out=tmp_path_factory.mktemp("data"), env=EnvConfig(envs=2, proprio=True, time_limit=40, size=16)))
 
 
 def args(data, run, **overrides):
