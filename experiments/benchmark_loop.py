@@ -14,16 +14,15 @@ worker process, host replay, one jitted update at a time. Compiled:
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import tempfile
 
 import jax
-import numpy as np
 import tyro
 
 from experiments.benchmark import table
 from experiments.config import PRESETS, compiled_defaults
+from experiments.curves import read, speeds
 from experiments.train import train, validate
 
 
@@ -38,12 +37,6 @@ class Args:
     window: int = 1000
 
 
-def speeds(run: str) -> dict[str, float]:
-    lines = [json.loads(x) for x in open(f"{run}/metrics.jsonl")]
-    windows = [x for x in lines if "speed/env_steps_per_s" in x and x.get("train/loss") is not None][1:]
-    return {k: float(np.median([w[f"speed/{k}"] for w in windows])) for k in ("env_steps_per_s", "replayed_frames_per_s", "updates_per_s")}
-
-
 def main(args: Args) -> None:
     base = PRESETS[args.preset]
     common = dict(steps=args.prefill + args.steps, prefill=args.prefill, log_every=args.window, eval_every=0,
@@ -56,7 +49,7 @@ def main(args: Args) -> None:
                 config = compiled_defaults(config)
             validate(config)
             train(config)
-            results[loop] = speeds(run)
+            results[loop] = speeds(read(run))
     host = results["host"]
     rows = [[loop, f"{r['env_steps_per_s']:,.1f}", f"{r['env_steps_per_s'] / host['env_steps_per_s']:.2f}x",
              f"{r['replayed_frames_per_s']:,.0f}", f"{r['updates_per_s']:.2f}"] for loop, r in results.items()]

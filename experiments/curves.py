@@ -1,0 +1,158 @@
+"""Learning curves of agent runs side by side, read from their metrics.jsonl: the evaluation return at
+every evaluation, the last one over seeds, the wall time, and the loop's speed.
+
+    python -m experiments.curves runs/balance-0 runs/balance-1 runs/balance-2
+    python -m experiments.curves runs/balance-* --reach 700 --metric train/actor_entropy train/kl
+
+- **Return**: `eval/return` (the policy's mode, `--eval-episodes` episodes) at each evaluation;
+  the last column is the last evaluation +- its standard deviation over episodes. With several
+  runs (seeds), the mean +- standard deviation (ddof 1) of their last evaluations follows the table.
+- **Wall time**: the time between the run's first and last metrics lines (each line holds its
+  Unix `time`), leaving out any pause longer than `--gap` seconds between two lines, which is a
+  run stopped and resumed later. Startup and the first compile, before the first line, are not in it.
+- **Speed**: medians over the log windows that trained, leaving out the first (it holds the
+  compile of the train step), as in the README's tables.
+- `--reach R`: the first evaluation at or above R, and the wall time to it.
+- `--metric NAME ...`: each metric's value in the last log window at or before each
+  evaluation (`train/actor_entropy`, `train/kl`, `host/rss_gib`, ...).
+
+Nothing but the JSON lines is read; a line cut short by a killed process is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+import tyro
+
+from experiments.benchmark import table
+
+SPEEDS = ("env_steps_per_s", "replayed_frames_per_s", "updates_per_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    runs: tyro.conf.Positional[tuple[pathlib.Path, ...]]
+    """Run directories of `experiments.train` (each holds metrics.jsonl)."""
+    reach: float | None = None
+    """Report the first evaluation at or above this return, and the wall time to it."""
+    metric: tuple[str, ...] = ()
+    """Other metrics to print at each evaluation step (the last log window at or before it)."""
+    gap: float = 600.0
+    """Seconds between two metrics lines above which the run counts as stopped, not running."""
+
+
+def read(run: pathlib.Path) -> list[dict]:
+    """The metrics lines of a run, in file order."""
+    path = pathlib.Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: pass run directories written by experiments.train "
+                                "(or experiments.train_world_model), each holding a metrics.jsonl.")
+    lines = []
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{number} is not a whole JSON line (a killed process?); skipped.", file=sys.stderr)
+            continue
+        if isinstance(line, dict) and "step" in line:
+            lines.append(line)
+    return lines
+
+
+def running_seconds(lines: list[dict], gap: float) -> np.ndarray:
+    """Seconds the run had been running at each line: the sum of the intervals between consecutive
+    lines, leaving out those longer than `gap` (a stop). NaN throughout for lines without `time`."""
+    times = np.array([line.get("time", math.nan) for line in lines], float)
+    steps = np.diff(times, prepend=times[:1])
+    return np.cumsum(np.where(steps > gap, 0.0, steps))
+
+
+def speeds(lines: list[dict]) -> dict[str, float]:
+    """Medians of the log windows that made updates, the first of them (the compile) left out."""
+    windows = [x for x in lines if x.get("speed/updates_per_s", 0) > 0][1:]
+    return {k: float(np.median([w[f"speed/{k}"] for w in windows])) if windows else math.nan for k in SPEEDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    run: str
+    evals: dict[int, tuple[float, float]]
+    """env step -> (mean, std over episodes) of the evaluation return."""
+    wall: float
+    """Running seconds from the first metrics line to the last."""
+    speed: dict[str, float]
+    reached: tuple[int, float] | None
+    """(env step, running seconds) of the first evaluation at or above `reach`."""
+    metrics: dict[str, dict[int, float]]
+    """metric -> env step of each evaluation -> its value in the last window at or before it."""
+
+
+def curve(run: pathlib.Path, reach: float | None = None, metrics: tuple[str, ...] = (), gap: float = 600.0) -> Curve:
+    lines = read(run)
+    seconds = running_seconds(lines, gap)
+    evals, reached = {}, None
+    for line, t in zip(lines, seconds):
+        if "eval/return" in line:
+            evals[line["step"]] = (line["eval/return"], line.get("eval/return_std", math.nan))
+            if reach is not None and reached is None and line["eval/return"] >= reach:
+                reached = (line["step"], float(t))
+    values = {}
+    for name in metrics:
+        seen = [(line["step"], line[name]) for line in lines if name in line]
+        if not seen:
+            known = sorted({k for line in lines for k in line} - {"step", "time"})
+            raise ValueError(f"metric {name!r} is in no line of {run}/metrics.jsonl; its metrics are: {', '.join(known)}.")
+        values[name] = {step: next((v for s, v in reversed(seen) if s <= step), math.nan) for step in evals}
+    return Curve(str(run), evals, float(seconds[-1]) if lines else math.nan, speeds(lines), reached, values)
+
+
+def _steps(value: int) -> str:
+    return f"{value / 1000:g}k" if value % 100 == 0 else str(value)
+
+
+def _clock(seconds: float) -> str:
+    if math.isnan(seconds):
+        return ""
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+def report(curves: list[Curve], reach: float | None = None) -> str:
+    steps = sorted({step for c in curves for step in c.evals})
+    header = ["run", *map(_steps, steps), "last", "wall time", "env steps/s", "replayed frames/s", "updates/s"]
+    if reach is not None:
+        header.append(f"first >= {reach:g}")
+    rows = []
+    for c in curves:
+        last = c.evals[max(c.evals)] if c.evals else None
+        row = [c.run, *(f"{c.evals[s][0]:.0f}" if s in c.evals else "" for s in steps),
+               f"**{last[0]:.0f} +- {last[1]:.0f}**" if last else "", _clock(c.wall),
+               f"{c.speed['env_steps_per_s']:.1f}", f"{c.speed['replayed_frames_per_s']:,.0f}", f"{c.speed['updates_per_s']:.2f}"]
+        if reach is not None:
+            row.append(f"{_steps(c.reached[0])} after {_clock(c.reached[1])}" if c.reached else "not reached")
+        rows.append(row)
+    out = [table(header, rows)]
+    finals = [c.evals[max(c.evals)][0] for c in curves if c.evals]
+    if len(finals) > 1:
+        out.append(f"\nLast evaluations over {len(finals)} runs: {np.mean(finals):.0f} +- {np.std(finals, ddof=1):.0f} "
+                   f"({', '.join(f'{x:.0f}' for x in finals)}).")
+    for name in curves[0].metrics if curves else ():
+        rows = [[c.run, *(f"{c.metrics[name][s]:.3g}" if s in c.metrics[name] else "" for s in steps)] for c in curves]
+        out.append(f"\n{name} at each evaluation:\n" + table(["run", *map(_steps, steps)], rows))
+    return "\n".join(out)
+
+
+def main(args: Args) -> None:
+    print(report([curve(run, args.reach, args.metric, args.gap) for run in args.runs], args.reach))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
