@@ -20,6 +20,13 @@ def resident_memory_gib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
+def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table: the benchmarks' and `experiments.curves`' output."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 class Logger:
     """`write(step, metrics)` appends a line to metrics.jsonl and scalars to TensorBoard.
 

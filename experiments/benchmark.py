@@ -19,6 +19,7 @@ import numpy as np
 import tyro
 
 import envs
+from embodied.logging import table
 from embodied.replay import Replay, ReplayConfig
 
 Section = Literal["envs", "replay", "conv"]
@@ -54,12 +55,6 @@ def timings(run: Callable[[], object], repeats: int) -> list[tuple[float, object
 def median_rate(run: Callable[[], int], repeats: int) -> float:
     """Median of (units done / seconds) over `repeats` calls of `run`, after one warm-up call."""
     return statistics.median(units / seconds for seconds, units in timings(run, repeats))
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def bench_envs(args: Args) -> str:

@@ -22,11 +22,12 @@ from flax import nnx
 
 import envs
 from embodied.driver import Driver, random_policy
+from embodied.logging import table
 from embodied.replay import EpisodeStore
 from embodied.worldmodel import Spec, WorldModel
 from embodied.worldmodel.io import load
 from envs.dream import DreamEnv, DreamVectorEnv
-from experiments.benchmark import table, timings
+from experiments.benchmark import timings
 from experiments.config import PRESETS
 
 

@@ -20,7 +20,7 @@ import tempfile
 import jax
 import tyro
 
-from experiments.benchmark import table
+from embodied.logging import table
 from experiments.config import PRESETS, compiled_defaults
 from experiments.curves import read, speeds
 from experiments.train import train, validate

@@ -28,9 +28,10 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 from agents.dreamer import Dreamer  # noqa: E402
+from embodied.logging import table  # noqa: E402
 from embodied.parallel import data_parallel, make_mesh, replicate, shard_batch  # noqa: E402
 from embodied.worldmodel import Spec  # noqa: E402
-from experiments.benchmark import table, timings  # noqa: E402
+from experiments.benchmark import timings  # noqa: E402
 from experiments.config import PRESETS  # noqa: E402
 
 

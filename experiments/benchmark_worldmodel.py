@@ -27,8 +27,9 @@ import optax
 import tyro
 from flax import nnx
 
+from embodied.logging import table
 from embodied.worldmodel import BackboneConfig, ImagineState, Spec, WorldModel, WorldModelConfig, imagine, make_backbone
-from experiments.benchmark import table, timings
+from experiments.benchmark import timings
 
 WIDTHS = {"ssm": 256, "ssm-selective": 248, "gru": 280, "transformer": 224}
 

@@ -30,7 +30,7 @@ import sys
 import numpy as np
 import tyro
 
-from experiments.benchmark import table
+from embodied.logging import table
 
 SPEEDS = ("env_steps_per_s", "replayed_frames_per_s", "updates_per_s")
 
