@@ -71,6 +71,8 @@ def test_ssm_timescale_bounds_the_memory_in_training_and_stepping_alike(kind):
     assert np.linalg.norm(h[100]) <= np.exp(-10) * np.linalg.norm(h[0]) * 1.01
     with pytest.raises(ValueError, match="model.backbone.timescale=0 cannot work"):
         BackboneConfig(timescale=0)
+    with pytest.raises(ValueError, match="model.backbone.timescale=16 cannot work.*SSM kind"):
+        BackboneConfig(kind="gru", timescale=16)
 
 
 # Every backbone, and the SSM with a causal convolution before each layer.

@@ -63,7 +63,8 @@ class BackboneConfig:
 
     def __post_init__(self):
         require(self, {
-            "timescale": (self.timescale is None or self.timescale > 0, "None or > 0"),
+            "timescale": (self.timescale is None or (self.timescale > 0 and self.kind.startswith("ssm")),
+                          "None, or > 0 with an SSM kind (the GRU and the Transformer have no decay to bound)"),
             "conv": (self.conv >= 0 and (self.conv == 0 or self.kind.startswith("ssm")), ">= 0, and 0 unless kind is an SSM"),
         }, prefix="model.backbone.")
 
