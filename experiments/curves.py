@@ -6,7 +6,8 @@ every evaluation, the last one over seeds, the wall time, and the loop's speed.
 
 - **Return**: `eval/return` (the policy's mode, `--eval-episodes` episodes) at each evaluation;
   the last column is the last evaluation +- its standard deviation over episodes. With several
-  runs (seeds), the mean +- standard deviation (ddof 1) of their last evaluations follows the table.
+  runs (seeds), the mean +- standard deviation (ddof 1) of their last evaluations follows the table,
+  one line per task when the runs' config.json files name different tasks.
 - **Wall time**: the time between the run's first and last metrics lines (each line holds its
   Unix `time`), leaving out any pause longer than `--gap` seconds between two lines, which is a
   run stopped and resumed later. Startup and the first compile, before the first line, are not in it.
@@ -93,6 +94,18 @@ class Curve:
     """(env step, running seconds) of the first evaluation at or above `reach`."""
     metrics: dict[str, dict[int, float]]
     """metric -> env step of each evaluation -> its value in the last window at or before it."""
+    task: str | None = None
+    """The task in the run's config.json; None where the run has none."""
+
+
+def task_of(run: pathlib.Path) -> str | None:
+    """The task named in the run's config.json (written by `experiments.train`), or None without one."""
+    path = pathlib.Path(run) / "config.json"
+    try:
+        task = json.loads(path.read_text()).get("task")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
 
 
 def curve(run: pathlib.Path, reach: float | None = None, metrics: tuple[str, ...] = (), gap: float = 600.0) -> Curve:
@@ -111,7 +124,7 @@ def curve(run: pathlib.Path, reach: float | None = None, metrics: tuple[str, ...
             known = sorted({k for line in lines for k in line} - {"step", "time"})
             raise ValueError(f"metric {name!r} is in no line of {run}/metrics.jsonl; its metrics are: {', '.join(known)}.")
         values[name] = {step: next((v for s, v in reversed(seen) if s <= step), math.nan) for step in evals}
-    return Curve(str(run), evals, float(seconds[-1]) if lines else math.nan, speeds(lines), reached, values)
+    return Curve(str(run), evals, float(seconds[-1]) if lines else math.nan, speeds(lines), reached, values, task_of(run))
 
 
 def _steps(value: int) -> str:
@@ -140,10 +153,15 @@ def report(curves: list[Curve], reach: float | None = None) -> str:
             row.append(f"{_steps(c.reached[0])} after {_clock(c.reached[1])}" if c.reached else "not reached")
         rows.append(row)
     out = [table(header, rows)]
-    finals = [c.evals[max(c.evals)][0] for c in curves if c.evals]
-    if len(finals) > 1:
-        out.append(f"\nLast evaluations over {len(finals)} runs: {np.mean(finals):.0f} +- {np.std(finals, ddof=1):.0f} "
-                   f"({', '.join(f'{x:.0f}' for x in finals)}).")
+    tasks = {c.task: [] for c in curves if c.evals}  # a mean over runs of different tasks means nothing
+    for c in curves:
+        if c.evals:
+            tasks[c.task].append(c.evals[max(c.evals)][0])
+    for task, finals in tasks.items():
+        if len(finals) > 1:
+            of = "" if len(tasks) == 1 else f" of {task}" if task else " without a task in a config.json"
+            out.append(f"\nLast evaluations over {len(finals)} runs{of}: {np.mean(finals):.0f} +- "
+                       f"{np.std(finals, ddof=1):.0f} ({', '.join(f'{x:.0f}' for x in finals)}).")
     for name in curves[0].metrics if curves else ():
         rows = [[c.run, *(f"{c.metrics[name][s]:.3g}" if s in c.metrics[name] else "" for s in steps)] for c in curves]
         out.append(f"\n{name} at each evaluation:\n" + table(["run", *map(_steps, steps)], rows))

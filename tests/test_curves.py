@@ -60,6 +60,21 @@ def test_report_gives_the_mean_and_std_of_the_last_evaluations(runs):
     assert "4k after 4 min" in text and "not reached" in text
 
 
+def test_runs_of_different_tasks_are_averaged_per_task(tmp_path, runs):
+    def run(name, task, final):
+        path = write(tmp_path / name, [{"step": 1000, "time": 0.0, "eval/return": final, "eval/return_std": 0.0}])
+        (path / "config.json").write_text(json.dumps({"task": task, "seed": 0}))
+        return path
+
+    balance = [run("b0", "dmc/cartpole-balance", 900.0), run("b1", "dmc/cartpole-balance", 800.0)]
+    swingup = [run("s0", "dmc/cartpole-swingup", 100.0), run("s1", "dmc/cartpole-swingup", 300.0)]
+    text = curves.report([curves.curve(r) for r in [*balance, *swingup, *runs]])
+    assert "Last evaluations over 2 runs of dmc/cartpole-balance: 850 +- 71 (900, 800)." in text
+    assert "Last evaluations over 2 runs of dmc/cartpole-swingup: 200 +- 141 (100, 300)." in text
+    assert "Last evaluations over 2 runs without a task in a config.json: 660 +- 71 (710, 610)." in text
+    assert "over 6 runs" not in text
+
+
 def test_a_directory_without_metrics_and_an_unknown_metric_are_refused(tmp_path, runs):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         curves.curve(tmp_path)
