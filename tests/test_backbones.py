@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,6 +137,25 @@ def test_states_are_the_carries_step_reaches(kind, conv):
     mid = jax.tree.map(lambda c: c[:, 5], carries)
     y_from_mid, _ = model.step(x[:, 6], mid, reset[:, 6])
     np.testing.assert_allclose(y_from_mid, y_seq[:, 6], atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("kind", sorted(BACKBONES))
+def test_out_norm_normalises_the_output_and_keeps_step_equal_to_sequence(kind):
+    B, T, D = 2, 8, 16
+    config = BackboneConfig(kind=kind, dim=D, layers=2, state=8, heads=2, context=4)
+    plain = make_backbone(config, rngs=nnx.Rngs(0))
+    normed = make_backbone(dataclasses.replace(config, out_norm=True), rngs=nnx.Rngs(0))  # the same other parameters
+    x = 5.0 * jax.random.normal(jax.random.key(3), (B, T, D))
+    reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 4].set(True)
+    y_plain, _ = plain.sequence(x, plain.init_carry(B), reset)
+    y, _ = normed.sequence(x, normed.init_carry(B), reset)
+    mean, var = y_plain.mean(-1, keepdims=True), y_plain.var(-1, keepdims=True)
+    np.testing.assert_allclose(y, (y_plain - mean) / np.sqrt(var + 1e-6), atol=1e-4)
+    carry, stepped = normed.init_carry(B), []
+    for t in range(T):
+        y_t, carry = normed.step(x[:, t], carry, reset[:, t])
+        stepped.append(y_t)
+    np.testing.assert_allclose(jnp.stack(stepped, 1), y, atol=2e-4, rtol=2e-4)
 
 
 def test_the_causal_convolution_sees_the_last_k_inputs_of_the_episode_only():

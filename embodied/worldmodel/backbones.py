@@ -60,6 +60,11 @@ class BackboneConfig:
     H3's shift SSM): each feature sees its last K values directly, so that a difference of
     successive inputs, a velocity from positions, is one linear map rather than a filter the
     slowly decaying SSM states must learn. 0 leaves it out; SSM backbones only."""
+    out_norm: bool = False
+    """A LayerNorm on the output y, the final norm a pre-norm stack ends with (GPT-2, Mamba). Without
+    it the SSM's and the Transformer's y is their residual stream, whose scale grows in training
+    (RMS 6.4, largest |y| 29 in a swingup run), and the reward and continue heads and a features
+    decoder (`model.decode_from`) read it as it is; the GRU's state is bounded by its tanh."""
 
     def __post_init__(self):
         require(self, {
@@ -127,6 +132,7 @@ class SSMBackbone(nnx.Module):
                                           rngs=rngs) for _ in range(config.layers)])
         self.mlp_norms = nnx.List([nnx.LayerNorm(config.dim, rngs=rngs) for _ in range(config.layers)])
         self.mlps = nnx.List([MLP(config.dim, 2 * config.dim, rngs) for _ in range(config.layers)])
+        self.out_norm = nnx.LayerNorm(config.dim, rngs=rngs) if config.out_norm else None
 
     def init_carry(self, batch: int):
         if self.convs is None:
@@ -147,7 +153,7 @@ class SSMBackbone(nnx.Module):
             x = x + y
             x = x + mlp(mlp_norm(x))
             new_carry.append(h if conv is None else (h, conv_carry))
-        return x, new_carry
+        return (x if self.out_norm is None else self.out_norm(x)), new_carry
 
     def sequence(self, x, carry, reset):
         return self._blocks(x, carry, reset, "sequence")
@@ -183,6 +189,7 @@ class GRUBackbone(nnx.Module):
         self.norm = nnx.LayerNorm(D, rngs=rngs)
         self.mlp = MLP(D, 2 * D, rngs)
         self.dim = D
+        self.out_norm = nnx.LayerNorm(D, rngs=rngs) if config.out_norm else None
 
     def init_carry(self, batch: int):
         return jnp.zeros((batch, self.dim), self.wh.dtype)  # the compute dtype (embodied.nn.precision)
@@ -191,7 +198,8 @@ class GRUBackbone(nnx.Module):
         return {"wx": self.wx[...], "wh": self.wh[...], "b": self.b[...]}
 
     def _out(self, h):
-        return h + self.mlp(self.norm(h))
+        y = h + self.mlp(self.norm(h))
+        return y if self.out_norm is None else self.out_norm(y)
 
     def sequence(self, x, carry, reset):
         y, hs = self.states(x, carry, reset)
@@ -233,6 +241,7 @@ class TransformerBackbone(nnx.Module):
         self.out = nnx.List([nnx.Linear(D, D, rngs=rngs) for _ in range(L)])
         self.mlp_norms = nnx.List([nnx.LayerNorm(D, rngs=rngs) for _ in range(L)])
         self.mlps = nnx.List([MLP(D, 2 * D, rngs) for _ in range(L)])
+        self.out_norm = nnx.LayerNorm(D, rngs=rngs) if config.out_norm else None
 
     def init_carry(self, batch: int):
         shape = (batch, self.layers, self.context, self.heads, self.dim // self.heads)
@@ -274,6 +283,7 @@ class TransformerBackbone(nnx.Module):
             x = x + self.mlps[i](self.mlp_norms[i](x))
             ks.append(k_all)
             vs.append(v_all)
+        x = x if self.out_norm is None else self.out_norm(x)
         return x, jnp.stack(ks, 1), jnp.stack(vs, 1), keys_episode
 
     def sequence(self, x, carry, reset):
