@@ -153,10 +153,10 @@ def report(curves: list[Curve], reach: float | None = None) -> str:
             row.append(f"{_steps(c.reached[0])} after {_clock(c.reached[1])}" if c.reached else "not reached")
         rows.append(row)
     out = [table(header, rows)]
-    tasks = {c.task: [] for c in curves if c.evals}  # a mean over runs of different tasks means nothing
+    tasks: dict[str | None, list[float]] = {}  # a mean over runs of different tasks means nothing
     for c in curves:
         if c.evals:
-            tasks[c.task].append(c.evals[max(c.evals)][0])
+            tasks.setdefault(c.task, []).append(c.evals[max(c.evals)][0])
     for task, finals in tasks.items():
         if len(finals) > 1:
             of = "" if len(tasks) == 1 else f" of {task}" if task else " without a task in a config.json"
