@@ -7,7 +7,9 @@ every evaluation, the last one over seeds, the wall time, and the loop's speed.
 - **Return**: `eval/return` (the policy's mode, `--eval-episodes` episodes) at each evaluation;
   the last column is the last evaluation +- its standard deviation over episodes. With several
   runs (seeds), the mean +- standard deviation (ddof 1) of their last evaluations follows the table,
-  one line per task when the runs' config.json files name different tasks.
+  one line per setting: runs whose config.json files differ in more than the seed and the fields
+  that do not change what a run learns (`NOT_THE_SETTING`) are averaged apart, each line naming the
+  fields that tell its setting from the others.
 - **Wall time**: the time between the run's first and last metrics lines (each line holds its
   Unix `time`), leaving out any pause longer than `--gap` seconds between two lines, which is a
   run stopped and resumed later. Startup and the first compile, before the first line, are not in it.
@@ -94,18 +96,52 @@ class Curve:
     """(env step, running seconds) of the first evaluation at or above `reach`."""
     metrics: dict[str, dict[int, float]]
     """metric -> env step of each evaluation -> its value in the last window at or before it."""
-    task: str | None = None
-    """The task in the run's config.json; None where the run has none."""
+    setting: dict[str, object] | None = None
+    """The run's config.json as dotted fields, less `NOT_THE_SETTING`; None where the run has none."""
 
 
-def task_of(run: pathlib.Path) -> str | None:
-    """The task named in the run's config.json (written by `experiments.train`), or None without one."""
-    path = pathlib.Path(run) / "config.json"
+# What seeds of one command may differ in: the seed, where the run lives, how long it ran and how
+# often it logged, saved and evaluated. Anything else (the planner, the devices, the compute dtype
+# included) can change the returns, so runs that differ in it are not averaged together.
+NOT_THE_SETTING = ("seed", "run", "steps", "log_every", "eval_every", "eval_episodes", "save_every")
+
+
+def setting_of(run: pathlib.Path) -> dict[str, object] | None:
+    """The run's config.json (written by `experiments.train`) as {dotted field: value}, less
+    `NOT_THE_SETTING`, with fields added to the config since the run was written at their defaults
+    (which keep the behaviour of the code before them); None where the run has no readable config.json."""
     try:
-        task = json.loads(path.read_text()).get("task")
-    except (OSError, json.JSONDecodeError, AttributeError):
+        record = json.loads((pathlib.Path(run) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
         return None
-    return task if isinstance(task, str) else None
+    if not isinstance(record, dict):
+        return None
+    from embodied.config import with_defaults  # imported here: reading metrics needs no JAX
+    from experiments.config import Config
+
+    def flat(tree: dict, prefix: str = "") -> dict[str, object]:
+        out = {}
+        for name, value in tree.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{name}."))
+            else:
+                out[f"{prefix}{name}"] = tuple(value) if isinstance(value, list) else value
+        return out
+
+    record = {k: v for k, v in with_defaults(Config, record).items() if k not in NOT_THE_SETTING}
+    return flat(record)
+
+
+def label(setting: dict[str, object] | None, others: list[dict[str, object] | None]) -> str:
+    """How `setting` reads beside `others`: its task, then each field whose value is not the same
+    in all of them (`env.velocities=False`)."""
+    if setting is None:
+        return "without a config.json"
+    settings = [s for s in others if s is not None]  # a run without a config.json tells nothing apart
+    differing = [k for k in setting if k != "task" and any(s.get(k, object()) != setting[k] for s in settings)]
+    fields = ", ".join(f"{k}={setting[k]}" for k in differing)
+    task = setting.get("task", "")
+    return f"of {task}" + (f" ({fields})" if fields else "") if task else f"with {fields}"
 
 
 def curve(run: pathlib.Path, reach: float | None = None, metrics: tuple[str, ...] = (), gap: float = 600.0) -> Curve:
@@ -124,7 +160,7 @@ def curve(run: pathlib.Path, reach: float | None = None, metrics: tuple[str, ...
             known = sorted({k for line in lines for k in line} - {"step", "time"})
             raise ValueError(f"metric {name!r} is in no line of {run}/metrics.jsonl; its metrics are: {', '.join(known)}.")
         values[name] = {step: next((v for s, v in reversed(seen) if s <= step), math.nan) for step in evals}
-    return Curve(str(run), evals, float(seconds[-1]) if lines else math.nan, speeds(lines), reached, values, task_of(run))
+    return Curve(str(run), evals, float(seconds[-1]) if lines else math.nan, speeds(lines), reached, values, setting_of(run))
 
 
 def _steps(value: int) -> str:
@@ -153,13 +189,15 @@ def report(curves: list[Curve], reach: float | None = None) -> str:
             row.append(f"{_steps(c.reached[0])} after {_clock(c.reached[1])}" if c.reached else "not reached")
         rows.append(row)
     out = [table(header, rows)]
-    tasks: dict[str | None, list[float]] = {}  # a mean over runs of different tasks means nothing
+    groups: dict[str, tuple[dict | None, list[float]]] = {}  # a mean over runs of different settings means nothing
     for c in curves:
         if c.evals:
-            tasks.setdefault(c.task, []).append(c.evals[max(c.evals)][0])
-    for task, finals in tasks.items():
+            key = json.dumps(c.setting, sort_keys=True, default=str)
+            groups.setdefault(key, (c.setting, []))[1].append(c.evals[max(c.evals)][0])
+    settings = [setting for setting, _ in groups.values()]
+    for setting, finals in groups.values():
         if len(finals) > 1:
-            of = "" if len(tasks) == 1 else f" of {task}" if task else " without a task in a config.json"
+            of = "" if len(groups) == 1 else " " + label(setting, settings)
             out.append(f"\nLast evaluations over {len(finals)} runs{of}: {np.mean(finals):.0f} +- "
                        f"{np.std(finals, ddof=1):.0f} ({', '.join(f'{x:.0f}' for x in finals)}).")
     for name in curves[0].metrics if curves else ():

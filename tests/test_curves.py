@@ -71,7 +71,7 @@ def test_runs_of_different_tasks_are_averaged_per_task(tmp_path, runs):
     text = curves.report([curves.curve(r) for r in [*balance, *swingup, *runs]])
     assert "Last evaluations over 2 runs of dmc/cartpole-balance: 850 +- 71 (900, 800)." in text
     assert "Last evaluations over 2 runs of dmc/cartpole-swingup: 200 +- 141 (100, 300)." in text
-    assert "Last evaluations over 2 runs without a task in a config.json: 660 +- 71 (710, 610)." in text
+    assert "Last evaluations over 2 runs without a config.json: 660 +- 71 (710, 610)." in text
     assert "over 6 runs" not in text
 
 
@@ -80,3 +80,18 @@ def test_a_directory_without_metrics_and_an_unknown_metric_are_refused(tmp_path,
         curves.curve(tmp_path)
     with pytest.raises(ValueError, match="'train/kl' is in no line.*train/actor_entropy"):
         curves.curve(runs[1], metrics=("train/kl",))
+
+
+def test_runs_of_one_task_with_different_settings_are_averaged_apart(tmp_path):
+    def run(name, seed, final, **env):
+        path = write(tmp_path / name, [{"step": 1000, "time": 0.0, "eval/return": final, "eval/return_std": 0.0}])
+        config = {"task": "mjx/cartpole-balance", "seed": seed, "run": str(path), "steps": 1000 * (seed + 1), "env": env}
+        (path / "config.json").write_text(json.dumps(config))
+        return path
+
+    full = [run("full0", 0, 900.0), run("full1", 1, 800.0)]  # seeds, run directories and lengths differ
+    positions = [run("pos0", 0, 500.0, velocities=False), run("pos1", 1, 300.0, velocities=False)]
+    text = curves.report([curves.curve(r) for r in [*full, *positions]])
+    assert "Last evaluations over 2 runs of mjx/cartpole-balance (env.velocities=True): 850 +- 71 (900, 800)." in text
+    assert "Last evaluations over 2 runs of mjx/cartpole-balance (env.velocities=False): 400 +- 141 (500, 300)." in text
+    assert "over 4 runs" not in text
