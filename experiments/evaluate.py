@@ -13,10 +13,19 @@ the world model's run, and `--observation latent` shows the policy the latent
 features it saw in the dream (`envs.LatentObservation`); `image` shows the real
 observations, which have the dream's spaces:
 
-    python -m experiments.evaluate --checkpoint runs/wm --policy my_agent:load_policy --observation latent The policy acts with its mode (no exploration noise) unless
-`--explore`; `--planner mpc` plans in latent space instead of using the actor.
-Prints the mean and standard deviation of the return and writes a video of the
-first episode.
+    python -m experiments.evaluate --checkpoint runs/wm --policy my_agent:load_policy --observation latent
+
+The policy acts with its mode (no exploration noise); `--planner mpc` plans in
+latent space instead of using the actor. Prints the mean and standard deviation
+of the return and writes a video of the first episode.
+
+`--dream H` checks the dream against the world: from every state the actor's
+episodes visit, the world model imagines H steps with the same actor, and the
+imagined H-step reward is set beside the real one that followed. An imagined
+reward well above the real one is an actor exploiting its world model's errors,
+which its imagined returns alone cannot show:
+
+    python -m experiments.evaluate --checkpoint runs/... --episodes 2 --dream 15
 """
 
 from __future__ import annotations
@@ -27,11 +36,72 @@ import pathlib
 from typing import Literal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tyro
 
 from experiments.config import recorded_env
 from experiments.train import evaluate, load
+
+
+def dream_gap(episodes: list[tuple[np.ndarray, np.ndarray]], horizon: int) -> dict:
+    """The imagined H-step rewards of episodes against the real ones that followed.
+
+    Each episode is (real, imagined), both (T,): the reward of each agent step, and the H-step
+    reward the world model imagined from the state before step t's action. Only the starts with
+    H real steps after them (T - H + 1 an episode) count. `bias` is the mean of imagined - real
+    (above 0: the dream promises more than the world gives), `error` the mean of |imagined - real|,
+    `real` and `imagined` the two means."""
+    windows = [(np.convolve(real, np.ones(horizon), "valid"), imagined) for real, imagined in episodes if len(real) >= horizon]
+    if not windows:
+        return {"starts": 0}
+    real = np.concatenate([w for w, _ in windows])  # w[t] = real[t] + ... + real[t + H - 1]
+    dreamed = np.concatenate([imagined[: len(w)] for w, imagined in windows])
+    return {"starts": len(real), "real": float(real.mean()), "imagined": float(dreamed.mean()),
+            "bias": float((dreamed - real).mean()), "error": float(np.abs(dreamed - real).mean())}
+
+
+def dream_check(agent, config, agent_state, episodes: int, horizon: int, key: jax.Array) -> dict:
+    """Runs `episodes` episodes with the actor's mode; from every state before an action, imagines
+    `horizon` steps with the same actor (the world model's prior, latents sampled as in training).
+    Returns the real returns and the `dream_gap` of all the episodes' starts together."""
+    import envs
+    from embodied.worldmodel.imagine import imagine
+
+    @jax.jit
+    def act(agent_state, policy_state, obs, key):
+        model = agent.module("world_model", agent_state.world_model)
+        actor = agent.module("actor", agent_state.actor)
+        dreamed = []
+
+        def choose(start, key):  # start: ImagineState(carry_{t-1}, y_{t-1}, z_t), as imagination starts
+            traj = imagine(model, lambda features, _: actor.mode(features), start, horizon, key)
+            alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(traj.continues[:, :1]), traj.continues[:, :-1]], 1), 1)
+            dreamed.append((alive * traj.rewards).sum(1))
+            return actor.mode(model.features(start.y, start.z))
+
+        action, policy_state = model.act_step(policy_state, obs, obs["is_first"], choose, key)
+        return action, policy_state, dreamed[0]
+
+    env = envs.make(config.task.replace("mjx/", "dmc/", 1), **config.env.options())
+    inputs = [k for k in ("image", "proprio") if getattr(agent.spec, k) is not None]
+    played = []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=10_000 + episode)
+            policy_state, done, rewards, dreams = agent.init_policy(1), False, [], []
+            while not done:
+                key, step_key = jax.random.split(key)
+                batched = {k: obs[k][None] for k in inputs} | {"is_first": np.array([not rewards])}
+                action, policy_state, dreamed = act(agent_state, policy_state, batched, step_key)
+                obs, reward, terminated, truncated, _ = env.step(np.asarray(action)[0])
+                rewards.append(float(reward))
+                dreams.append(float(dreamed[0]))
+                done = terminated or truncated
+            played.append((np.array(rewards), np.array(dreams)))
+    finally:
+        env.close()
+    return {"horizon": horizon, "returns": [float(real.sum()) for real, _ in played], **dream_gap(played, horizon)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +123,9 @@ class Args:
     fresh_every: int | None = None
     """Start the agent's recurrent state afresh every N agent steps (e.g. the training length, 64):
     whether acting from longer histories than training saw is what fails."""
+    dream: int | None = None
+    """Imagine this many steps with the actor from every state of the episodes, and report the
+    imagined H-step reward against the real one that followed (the actor only, not with MPC)."""
 
 
 def load_policy(spec: str):
@@ -107,13 +180,27 @@ def main(args: Args) -> dict:
         raise ValueError(f"--episodes must be >= 1; got {args.episodes}.")
     if args.fresh_every is not None and args.fresh_every < 1:
         raise ValueError(f"--fresh-every must be >= 1; got {args.fresh_every}.")
+    if args.dream is not None and args.dream < 1:
+        raise ValueError(f"--dream must be >= 1 (imagined steps from each state); got {args.dream}.")
     if args.policy is not None:
-        if args.fresh_every is not None:
-            raise ValueError("--fresh-every restarts the run's own agent's recurrent state; a --policy keeps its own.")
+        if args.fresh_every is not None or args.dream is not None:
+            raise ValueError("--fresh-every and --dream act with the run's own agent, not with a --policy (which keeps its own state).")
         return evaluate_foreign(args)
     config, agent, state, step = load(args.checkpoint)
     if args.planner is not None:
         config = dataclasses.replace(config, planner=args.planner)
+    if args.dream is not None:
+        if config.planner != "actor" or args.fresh_every is not None:
+            raise ValueError("--dream imagines with the actor from the states it visits: it takes --planner actor "
+                             f"(the run's is {config.planner!r}) and no --fresh-every.")
+        result = {"task": config.task, "env_steps": step, "episodes": args.episodes,
+                  **dream_check(agent, config, state, args.episodes, args.dream, jax.random.key(args.seed))}
+        print(json.dumps(result))
+        if result["starts"]:
+            print(f"{config.task} after {step} environment steps: return {np.mean(result['returns']):.1f}; "
+                  f"{args.dream}-step reward from {result['starts']} states: real {result['real']:.2f}, imagined "
+                  f"{result['imagined']:.2f} (imagined - real {result['bias']:+.2f}, mean |imagined - real| {result['error']:.2f})")
+        return result
     run = config.run_dir if args.checkpoint.name == "checkpoints" else args.checkpoint
     video = args.video or pathlib.Path(run) / "evaluate.gif"
     scores = evaluate(agent, config, state, args.episodes, jax.random.key(args.seed), video=video, fresh_every=args.fresh_every)

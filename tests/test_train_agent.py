@@ -83,8 +83,31 @@ def test_evaluate_can_start_the_policy_state_afresh_every_n_steps(run, tmp_path,
     assert len(firsts) == 50 and [t for t, first in enumerate(firsts) if first] == [0, 16, 32, 48]  # debug episodes: 50 steps
     with pytest.raises(ValueError, match="--fresh-every must be >= 1"):
         evaluate_script.main(evaluate_script.Args(checkpoint=run, fresh_every=0))
-    with pytest.raises(ValueError, match="a --policy keeps its own"):
+    with pytest.raises(ValueError, match="not with a --policy"):
         evaluate_script.main(evaluate_script.Args(checkpoint=run, fresh_every=8, policy="tests.dream_policy:load_policy"))
+
+
+def test_evaluate_sets_the_dream_beside_the_world(run):
+    run, _ = run
+    result = evaluate_script.main(evaluate_script.Args(checkpoint=run, episodes=2, dream=5))
+    assert result["starts"] == 2 * (50 - 5 + 1) and result["horizon"] == 5  # debug episodes: 50 steps
+    assert len(result["returns"]) == 2 and all(np.isfinite(result[k]) for k in ("real", "imagined", "bias", "error"))
+    assert result["bias"] == pytest.approx(result["imagined"] - result["real"], abs=1e-9)
+    assert result["real"] >= 0 and result["error"] >= abs(result["bias"]) - 1e-9
+    with pytest.raises(ValueError, match="--dream must be >= 1"):
+        evaluate_script.main(evaluate_script.Args(checkpoint=run, dream=0))
+    with pytest.raises(ValueError, match="--dream imagines with the actor.*'mpc'"):
+        evaluate_script.main(evaluate_script.Args(checkpoint=run, dream=5, planner="mpc"))
+
+
+def test_dream_gap_counts_the_starts_with_a_whole_window():
+    real = np.array([1.0, 0.0, 1.0, 1.0])
+    imagined = np.array([2.0, 1.0, 1.0, 9.0])  # the last start has 1 real step after it, not 2: left out
+    gap = evaluate_script.dream_gap([(real, imagined), (np.ones(1), np.ones(1))], horizon=2)  # the second is too short
+    # Real 2-step windows: 1, 1, 2; imagined 2, 1, 1.
+    assert gap == {"starts": 3, "real": pytest.approx(4 / 3), "imagined": pytest.approx(4 / 3),
+                   "bias": pytest.approx(0.0), "error": pytest.approx(2 / 3)}
+    assert evaluate_script.dream_gap([(np.ones(1), np.ones(1))], horizon=2) == {"starts": 0}
 
 
 def test_resume_with_another_config_names_the_difference(run):
