@@ -92,11 +92,12 @@ def test_discrete_actor_is_a_mixed_categorical_over_one_hot_actions():
     np.testing.assert_allclose(entropy, -(probs * jnp.log(probs)).sum(-1), rtol=1e-5)
 
 
-def tiny_agent(discrete=False, kind="ssm", action=2, compute_dtype="float32", posterior="frame", nonlinear_input=False, **config):
+def tiny_agent(discrete=False, kind="ssm", action=2, compute_dtype="float32", posterior="frame", nonlinear_input=False,
+               posterior_hidden=0, **config):
     spec = Spec(image=None, proprio=5, action=action)
     model = WorldModelConfig(backbone=BackboneConfig(kind=kind, dim=16, state=8, layers=1, heads=2, context=4),
                              hidden=16, latent_vars=4, latent_classes=4, posterior=posterior,
-                             nonlinear_input=nonlinear_input)
+                             nonlinear_input=nonlinear_input, posterior_hidden=posterior_hidden)
     return Dreamer(spec, model, DreamerConfig(**{"units": 16, "layers": 1, "horizon": 4, **config}), discrete=discrete,
                    compute_dtype=compute_dtype)
 
@@ -245,12 +246,13 @@ def test_imagination_starts_are_fresh_at_episode_starts():
     assert not np.all(np.asarray(starts.y)[~first] == 0)
 
 
-@pytest.mark.parametrize("model", ["default", "filter", "nonlinear-input"])
+@pytest.mark.parametrize("model", ["default", "filter", "nonlinear-input", "filter-hidden"])
 def test_acting_step_by_step_matches_the_starts_of_training(model):
     """The state the policy sees when acting equals the imagination start built from the same data."""
     from embodied.worldmodel.model import Observation
 
-    agent = tiny_agent(posterior="filter" if model == "filter" else "frame", nonlinear_input=model == "nonlinear-input")
+    agent = tiny_agent(posterior="filter" if model.startswith("filter") else "frame", nonlinear_input=model == "nonlinear-input",
+                       posterior_hidden=8 * (model == "filter-hidden"))
     state = agent.init(0)
     model = agent.module("world_model", state.world_model)
     batch = tiny_batch(B=2, T=5)

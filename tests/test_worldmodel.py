@@ -115,11 +115,26 @@ def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder(patch):
         dataclasses.replace(TINY, decoder_flow=True)
 
 
-@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "distance", "patch4", "filter", "nonlinear-input"])
+def test_posterior_hidden_adds_a_layer_and_leaves_the_other_parameters_as_drawn():
+    filter_ = dataclasses.replace(TINY, posterior="filter")
+    plain = nnx.state(WorldModel(filter_, SPEC, rngs=nnx.Rngs(0)), nnx.Param).flat_state()
+    hidden = nnx.state(WorldModel(dataclasses.replace(filter_, posterior_hidden=24), SPEC, rngs=nnx.Rngs(0)), nnx.Param).flat_state()
+    plain, hidden = dict(plain), dict(hidden)
+    added = {path for path in hidden if path[0] == "posterior_hidden"}
+    assert added and set(hidden) - added == set(plain)  # the layout without it is unchanged
+    assert hidden[("posterior", "kernel")][...].shape == (24, 4 * 4)  # logits of 4 variables of 4 classes
+    same = [path for path in plain if path[0] != "posterior"]
+    assert all(np.array_equal(plain[path][...], hidden[path][...]) for path in same)
+    with pytest.raises(ValueError, match="model.posterior_hidden"):
+        dataclasses.replace(TINY, posterior_hidden=-1)
+
+
+@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "distance", "patch4", "filter", "nonlinear-input", "filter-hidden"])
 def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
     config = dataclasses.replace(TINY, decoder_skip=decoder in ("skip", "flow", "distance"), decoder_flow=decoder == "flow",
                                  decoder_distance=decoder == "distance", patch=4 if decoder == "patch4" else 2,
-                                 posterior="filter" if decoder == "filter" else "frame", nonlinear_input=decoder == "nonlinear-input")
+                                 posterior="filter" if decoder.startswith("filter") else "frame",
+                                 nonlinear_input=decoder == "nonlinear-input", posterior_hidden=16 * (decoder == "filter-hidden"))
     model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)

@@ -109,6 +109,12 @@ class WorldModelConfig:
     895 and y's read-out of the positions from R^2 0.90 to 0.95; docs/agent-experiments.md). Training then steps the backbone
     through time (`lax.scan`; the encoder and decoder still run on all frames at once); imagination
     and acting are unchanged, O(1) a step."""
+    posterior_hidden: int = 0
+    """With N > 0 the posterior reads its input ([encoder features, proprio features], and y_{t-1}
+    with `posterior="filter"`) through a hidden layer of N units (Linear, LayerNorm, SiLU) before its
+    logits, as DreamerV3's does; 0 maps the input to the logits with one linear layer. A linear
+    posterior can only add what y_{t-1} predicts to what the frame shows; a hidden layer can weigh
+    one against the other."""
     nonlinear_input: bool = False
     """The backbone reads [z_t, a_t] through a linear layer, then LayerNorm and SiLU (DreamerV3's
     input layer before its GRU), in place of the linear layer alone. An SSM is linear in its input,
@@ -152,7 +158,8 @@ class WorldModelConfig:
                        "decode_previous": (self.frames == 2 or not self.decode_previous,
                                            "False unless frames is 2 (the previous frame is the encoder's second input)"),
                        "decode_from": (self.decode_from in ("latent", "features"), "'latent' or 'features'"),
-                       "posterior": (self.posterior in ("frame", "filter"), "'frame' or 'filter'")},
+                       "posterior": (self.posterior in ("frame", "filter"), "'frame' or 'filter'"),
+                       "posterior_hidden": (self.posterior_hidden >= 0, ">= 0 (0: no hidden layer)")},
                 prefix="model.")
 
 
@@ -226,7 +233,8 @@ class WorldModel(nnx.Module):
             self.proprio_in = nnx.Linear(spec.proprio, Hd, rngs=rngs)
             self.proprio_out = nnx.Sequential(nnx.Linear(decoded, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, spec.proprio, rngs=rngs))
             enc_features += Hd
-        self.posterior = nnx.Linear(enc_features + D * (config.posterior == "filter"), self.latent, rngs=rngs)
+        posterior_in = enc_features + D * (config.posterior == "filter")
+        self.posterior = nnx.Linear(config.posterior_hidden or posterior_in, self.latent, rngs=rngs)
         self.in_proj = nnx.Linear(self.latent + spec.action, D, rngs=rngs)
         self.backbone = make_backbone(config.backbone, rngs=rngs)
         self.prior = nnx.Sequential(nnx.LayerNorm(D, rngs=rngs), nnx.Linear(D, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, self.latent, rngs=rngs))
@@ -244,6 +252,9 @@ class WorldModel(nnx.Module):
             self.posterior_norm = nnx.LayerNorm(D, rngs=rngs)
         if config.nonlinear_input:
             self.in_norm = nnx.LayerNorm(D, rngs=rngs)
+        if config.posterior_hidden:  # last, so that without it the parameters and their draws are as before
+            self.posterior_hidden = nnx.Sequential(nnx.Linear(posterior_in, config.posterior_hidden, rngs=rngs),
+                                                   nnx.LayerNorm(config.posterior_hidden, rngs=rngs), jax.nn.silu)
 
     # Pieces. The model computes in the dtype of its parameters (float32, or bfloat16 when a
     # train step casts them: `embodied.nn.precision`); inputs are cast at these entry points.
@@ -281,6 +292,8 @@ class WorldModel(nnx.Module):
                                  "(posterior='filter'): pass y=, y_{t-1} (zeros at an episode's start).")
             y = jnp.broadcast_to(y, (*evidence.shape[:-1], y.shape[-1]))
             evidence = jnp.concatenate([evidence, self.posterior_norm(y.astype(self.dtype))], -1)
+        if self.config.posterior_hidden:
+            evidence = self.posterior_hidden(evidence)
         return self._shape_latent(self.posterior(evidence))
 
     def posterior_mode(self, obs: dict, previous: jax.Array | None = None, y: jax.Array | None = None) -> jax.Array:
