@@ -116,7 +116,7 @@ def setting_of(run: pathlib.Path) -> dict[str, object] | None:
         return None
     if not isinstance(record, dict):
         return None
-    from embodied.config import with_defaults  # imported here: reading metrics needs no JAX
+    from embodied.config import with_defaults  # imported here: the Config brings JAX, which only a config needs
     from experiments.config import Config
 
     def flat(tree: dict, prefix: str = "") -> dict[str, object]:
