@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 from typing import Literal
 
@@ -51,14 +52,17 @@ def dream_gap(episodes: list[tuple[np.ndarray, np.ndarray]], horizon: int) -> di
     reward the world model imagined from the state before step t's action. Only the starts with
     H real steps after them (T - H + 1 an episode) count. `bias` is the mean of imagined - real
     (above 0: the dream promises more than the world gives), `error` the mean of |imagined - real|,
-    `real` and `imagined` the two means."""
+    `real` and `imagined` the two means, `correlation` their Pearson correlation over the starts
+    (whether the dream tells the better states from the worse; NaN where either is constant)."""
     windows = [(np.convolve(real, np.ones(horizon), "valid"), imagined) for real, imagined in episodes if len(real) >= horizon]
     if not windows:
         return {"starts": 0}
     real = np.concatenate([w for w, _ in windows])  # w[t] = real[t] + ... + real[t + H - 1]
     dreamed = np.concatenate([imagined[: len(w)] for w, imagined in windows])
+    spread = real.std() * dreamed.std()
+    correlation = float(((real - real.mean()) * (dreamed - dreamed.mean())).mean() / spread) if spread > 0 else math.nan
     return {"starts": len(real), "real": float(real.mean()), "imagined": float(dreamed.mean()),
-            "bias": float((dreamed - real).mean()), "error": float(np.abs(dreamed - real).mean())}
+            "bias": float((dreamed - real).mean()), "error": float(np.abs(dreamed - real).mean()), "correlation": correlation}
 
 
 def dream_check(agent, config, agent_state, episodes: int, horizon: int, key: jax.Array) -> dict:
@@ -199,7 +203,8 @@ def main(args: Args) -> dict:
         if result["starts"]:
             print(f"{config.task} after {step} environment steps: return {np.mean(result['returns']):.1f}; "
                   f"{args.dream}-step reward from {result['starts']} states: real {result['real']:.2f}, imagined "
-                  f"{result['imagined']:.2f} (imagined - real {result['bias']:+.2f}, mean |imagined - real| {result['error']:.2f})")
+                  f"{result['imagined']:.2f} (imagined - real {result['bias']:+.2f}, mean |imagined - real| {result['error']:.2f}, "
+                  f"correlation {result['correlation']:.2f})")
         return result
     run = config.run_dir if args.checkpoint.name == "checkpoints" else args.checkpoint
     video = args.video or pathlib.Path(run) / "evaluate.gif"

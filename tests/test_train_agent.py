@@ -104,9 +104,10 @@ def test_dream_gap_counts_the_starts_with_a_whole_window():
     real = np.array([1.0, 0.0, 1.0, 1.0])
     imagined = np.array([2.0, 1.0, 1.0, 9.0])  # the last start has 1 real step after it, not 2: left out
     gap = evaluate_script.dream_gap([(real, imagined), (np.ones(1), np.ones(1))], horizon=2)  # the second is too short
-    # Real 2-step windows: 1, 1, 2; imagined 2, 1, 1.
+    # Real 2-step windows: 1, 1, 2; imagined 2, 1, 1: deviations -1/3, -1/3, 2/3 against 2/3, -1/3, -1/3.
     assert gap == {"starts": 3, "real": pytest.approx(4 / 3), "imagined": pytest.approx(4 / 3),
-                   "bias": pytest.approx(0.0), "error": pytest.approx(2 / 3)}
+                   "bias": pytest.approx(0.0), "error": pytest.approx(2 / 3), "correlation": pytest.approx(-0.5)}
+    assert np.isnan(evaluate_script.dream_gap([(np.ones(3), np.arange(3.0))], horizon=2)["correlation"])  # real constant
     assert evaluate_script.dream_gap([(np.ones(1), np.ones(1))], horizon=2) == {"starts": 0}
 
 
