@@ -59,8 +59,7 @@ def dream_gap(episodes: list[tuple[np.ndarray, np.ndarray]], horizon: int) -> di
         return {"starts": 0}
     real = np.concatenate([w for w, _ in windows])  # w[t] = real[t] + ... + real[t + H - 1]
     dreamed = np.concatenate([imagined[: len(w)] for w, imagined in windows])
-    spread = real.std() * dreamed.std()
-    correlation = float(((real - real.mean()) * (dreamed - dreamed.mean())).mean() / spread) if spread > 0 else math.nan
+    correlation = float(np.corrcoef(real, dreamed)[0, 1]) if real.std() > 0 and dreamed.std() > 0 else math.nan
     return {"starts": len(real), "real": float(real.mean()), "imagined": float(dreamed.mean()),
             "bias": float((dreamed - real).mean()), "error": float(np.abs(dreamed - real).mean()), "correlation": correlation}
 
