@@ -205,27 +205,32 @@ class CompiledLoop:
         carry, outs = jax.lax.scan(body, carry, None, length=iterations)
         return carry, jax.tree.map(lambda x: x.sum(0), outs)
 
-    def evaluate(self, agent_state: DreamerState, key: jax.Array, episodes: int) -> jax.Array:
-        """Returns (episodes,) of the policy's mode, one MJX environment per episode."""
+    def evaluate(self, agent_state: DreamerState, key: jax.Array, episodes: int, dream: int = 0) -> tuple[jax.Array, jax.Array]:
+        """`episodes` episodes of the policy's mode, one MJX environment each: their rewards (T, episodes),
+        and with `dream` H the H-step reward imagined before each step (`Dreamer.dream`), else zeros."""
         env = self.env
         reset_key, key = jax.random.split(key)
         state = jax.vmap(env.reset)(jax.random.split(reset_key, episodes))
 
         def body(inner, k):
-            state, policy, first, total = inner
+            state, policy, first = inner
             obs = {"proprio": jax.vmap(env.observe)(state), "is_first": first}
-            action, policy = self.agent.policy(agent_state, policy, obs, k, explore=False)
+            if dream:
+                action, policy, dreamed = self.agent.dream(agent_state, policy, obs, k, dream)
+            else:
+                action, policy = self.agent.policy(agent_state, policy, obs, k, explore=False)
+                dreamed = jnp.zeros(episodes)
             state, reward = jax.vmap(env.step)(state, action)
-            return (state, policy, jnp.zeros_like(first), total + reward), None
+            return (state, policy, jnp.zeros_like(first)), (reward, dreamed)
 
-        init = (state, self.agent.init_policy(episodes), jnp.ones(episodes, bool), jnp.zeros(episodes))
-        (_, _, _, total), _ = jax.lax.scan(body, init, jax.random.split(key, env.time_limit))
-        return total
+        init = (state, self.agent.init_policy(episodes), jnp.ones(episodes, bool))
+        _, (rewards, dreamed) = jax.lax.scan(body, init, jax.random.split(key, env.time_limit))
+        return rewards, dreamed
 
 
 def train_compiled(config: Config, agent_for) -> dict:
     """Runs (or resumes) a compiled-loop run; `agent_for(spec)` builds the agent (experiments.train.make_agent)."""
-    from experiments.train import _crossed, config_record, enable_compile_cache, open_run
+    from experiments.train import _crossed, config_record, dream_gap, enable_compile_cache, log_evaluation, open_run
 
     enable_compile_cache()
     env = make_env(config)
@@ -251,7 +256,7 @@ def train_compiled(config: Config, agent_for) -> dict:
     carry = loop.place(carry)
     iterations = max(1, config.log_every // loop.per_iteration)
     run_chunk = jax.jit(loop.run, static_argnums=1, donate_argnums=0)
-    evaluate = jax.jit(loop.evaluate, static_argnums=2)
+    evaluate = jax.jit(loop.evaluate, static_argnums=(2, 3))
     logger = Logger(run)
     counts = agent.parameter_counts(carry.agent)
     print(f"{config.task} (compiled loop, {loop.envs} MJX environments on {config.devices} device(s)): world model {counts['world_model'] / 1e6:.2f}M "
@@ -293,9 +298,9 @@ def train_compiled(config: Config, agent_for) -> dict:
                                 ret=f"{summary.get('episode/recent_score', float('nan')):.1f}")
                 if config.eval_every and _crossed(before, after, config.eval_every) and int(carry.updates):
                     eval_key, k = jax.random.split(eval_key)
-                    returns = np.asarray(evaluate(carry.agent, k, config.eval_episodes))
-                    logger.write(after, {"eval/return": float(returns.mean()), "eval/return_std": float(returns.std())})
-                    bar.write(f"eval at {after}: return {returns.mean():.1f} +- {returns.std():.1f}")
+                    rewards, dreamed = (np.asarray(x) for x in evaluate(carry.agent, k, config.eval_episodes, config.eval_dream))
+                    gap = dream_gap(list(zip(rewards.T, dreamed.T)), config.eval_dream) if config.eval_dream else None
+                    log_evaluation(logger, bar, after, rewards.sum(0), gap)
                 if _crossed(before, after, config.save_every):
                     save(carry)
         finally:

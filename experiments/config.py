@@ -82,6 +82,10 @@ class Config:
     eval_every: int = 10_000
     """Environment steps between evaluations (0: never)."""
     eval_episodes: int = 5
+    eval_dream: int = 0
+    """At each evaluation, also imagine this many steps with the actor from every state the episodes
+    visit and log the imagined reward against the real one that followed (eval/dream_error, _bias,
+    _correlation; `experiments.evaluate --dream`). 0: off; it costs an imagination per evaluation step."""
     save_every: int = 10_000
     """Environment steps between checkpoints; one is also written at the end and on Ctrl-C."""
     planner: Literal["actor", "mpc"] = "actor"
@@ -123,6 +127,8 @@ def validate(config: Config) -> None:
         "log_every": (config.log_every >= 1, ">= 1"),
         "eval_every": (config.eval_every >= 0, ">= 0"),
         "eval_episodes": (config.eval_episodes >= 1, ">= 1"),
+        "eval_dream": (config.eval_dream >= 0 and (config.eval_dream == 0 or config.planner == "actor"),
+                       ">= 0, and 0 with --planner mpc (the dream is the actor's)"),
         "save_every": (config.save_every >= 1, ">= 1"),
         "env.envs": (config.env.envs >= 1, ">= 1"),
         "env.size": (config.env.size >= 16 and config.env.size % 2**halvings == 0,

@@ -103,7 +103,7 @@ class Curve:
 # What seeds of one command may differ in: the seed, where the run lives, how long it ran and how
 # often it logged, saved and evaluated. Anything else (the planner, the devices, the compute dtype
 # included) can change the returns, so runs that differ in it are not averaged together.
-NOT_THE_SETTING = ("seed", "run", "steps", "log_every", "eval_every", "eval_episodes", "save_every")
+NOT_THE_SETTING = ("seed", "run", "steps", "log_every", "eval_every", "eval_episodes", "eval_dream", "save_every")
 
 
 def setting_of(run: pathlib.Path) -> dict[str, object] | None:

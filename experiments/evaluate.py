@@ -23,7 +23,8 @@ of the return and writes a video of the first episode.
 episodes visit, the world model imagines H steps with the same actor, and the
 imagined H-step reward is set beside the real one that followed. An imagined
 reward well above the real one is an actor exploiting its world model's errors,
-which its imagined returns alone cannot show:
+which its imagined returns alone cannot show. `--eval-dream H` in training logs
+the same at every evaluation (`eval/dream_*`):
 
     python -m experiments.evaluate --checkpoint runs/... --episodes 2 --dream 15
 """
@@ -32,79 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 from typing import Literal
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tyro
 
 from experiments.config import recorded_env
 from experiments.train import evaluate, load
-
-
-def dream_gap(episodes: list[tuple[np.ndarray, np.ndarray]], horizon: int) -> dict:
-    """The imagined H-step rewards of episodes against the real ones that followed.
-
-    Each episode is (real, imagined), both (T,): the reward of each agent step, and the H-step
-    reward the world model imagined from the state before step t's action. Only the starts with
-    H real steps after them (T - H + 1 an episode) count. `bias` is the mean of imagined - real
-    (above 0: the dream promises more than the world gives), `error` the mean of |imagined - real|,
-    `real` and `imagined` the two means, `correlation` their Pearson correlation over the starts
-    (whether the dream tells the better states from the worse; NaN where either is constant)."""
-    windows = [(np.convolve(real, np.ones(horizon), "valid"), imagined) for real, imagined in episodes if len(real) >= horizon]
-    if not windows:
-        return {"starts": 0}
-    real = np.concatenate([w for w, _ in windows])  # w[t] = real[t] + ... + real[t + H - 1]
-    dreamed = np.concatenate([imagined[: len(w)] for w, imagined in windows])
-    correlation = float(np.corrcoef(real, dreamed)[0, 1]) if real.std() > 0 and dreamed.std() > 0 else math.nan
-    return {"starts": len(real), "real": float(real.mean()), "imagined": float(dreamed.mean()),
-            "bias": float((dreamed - real).mean()), "error": float(np.abs(dreamed - real).mean()), "correlation": correlation}
-
-
-def dream_check(agent, config, agent_state, episodes: int, horizon: int, key: jax.Array) -> dict:
-    """Runs `episodes` episodes with the actor's mode; from every state before an action, imagines
-    `horizon` steps with the same actor (the world model's prior, latents sampled as in training).
-    Returns the real returns and the `dream_gap` of all the episodes' starts together."""
-    import envs
-    from embodied.worldmodel.imagine import imagine
-
-    @jax.jit
-    def act(agent_state, policy_state, obs, key):
-        model = agent.module("world_model", agent_state.world_model)
-        actor = agent.module("actor", agent_state.actor)
-        dreamed = []
-
-        def choose(start, key):  # start: ImagineState(carry_{t-1}, y_{t-1}, z_t), as imagination starts
-            traj = imagine(model, lambda features, _: actor.mode(features), start, horizon, key)
-            alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(traj.continues[:, :1]), traj.continues[:, :-1]], 1), 1)
-            dreamed.append((alive * traj.rewards).sum(1))
-            return actor.mode(model.features(start.y, start.z))
-
-        action, policy_state = model.act_step(policy_state, obs, obs["is_first"], choose, key)
-        return action, policy_state, dreamed[0]
-
-    env = envs.make(config.task.replace("mjx/", "dmc/", 1), **config.env.options())
-    inputs = [k for k in ("image", "proprio") if getattr(agent.spec, k) is not None]
-    played = []
-    try:
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=10_000 + episode)
-            policy_state, done, rewards, dreams = agent.init_policy(1), False, [], []
-            while not done:
-                key, step_key = jax.random.split(key)
-                batched = {k: obs[k][None] for k in inputs} | {"is_first": np.array([not rewards])}
-                action, policy_state, dreamed = act(agent_state, policy_state, batched, step_key)
-                obs, reward, terminated, truncated, _ = env.step(np.asarray(action)[0])
-                rewards.append(float(reward))
-                dreams.append(float(dreamed[0]))
-                done = terminated or truncated
-            played.append((np.array(rewards), np.array(dreams)))
-    finally:
-        env.close()
-    return {"horizon": horizon, "returns": [float(real.sum()) for real, _ in played], **dream_gap(played, horizon)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,28 +129,23 @@ def main(args: Args) -> dict:
     config, agent, state, step = load(args.checkpoint)
     if args.planner is not None:
         config = dataclasses.replace(config, planner=args.planner)
-    if args.dream is not None:
-        if config.planner != "actor" or args.fresh_every is not None:
-            raise ValueError("--dream imagines with the actor from the states it visits: it takes --planner actor "
-                             f"(the run's is {config.planner!r}) and no --fresh-every.")
-        result = {"task": config.task, "env_steps": step, "episodes": args.episodes,
-                  **dream_check(agent, config, state, args.episodes, args.dream, jax.random.key(args.seed))}
-        print(json.dumps(result))
-        if result["starts"]:
-            print(f"{config.task} after {step} environment steps: return {np.mean(result['returns']):.1f}; "
-                  f"{args.dream}-step reward from {result['starts']} states: real {result['real']:.2f}, imagined "
-                  f"{result['imagined']:.2f} (imagined - real {result['bias']:+.2f}, mean |imagined - real| {result['error']:.2f}, "
-                  f"correlation {result['correlation']:.2f})")
-        return result
+    if args.dream is not None and config.planner != "actor":
+        raise ValueError(f"--dream imagines with the actor from the states it visits: it takes --planner actor (the run's is {config.planner!r}).")
     run = config.run_dir if args.checkpoint.name == "checkpoints" else args.checkpoint
     video = args.video or pathlib.Path(run) / "evaluate.gif"
-    scores = evaluate(agent, config, state, args.episodes, jax.random.key(args.seed), video=video, fresh_every=args.fresh_every)
+    scores, gap = evaluate(agent, config, state, args.episodes, jax.random.key(args.seed), video=video,
+                           fresh_every=args.fresh_every, dream=args.dream or 0)
     result = {"task": config.task, "env_steps": step, "planner": config.planner, "episodes": args.episodes,
               "fresh_every": args.fresh_every,
               "mean": float(np.mean(scores)), "std": float(np.std(scores)), "returns": [float(s) for s in scores]}
+    if gap is not None:
+        result["dream"] = {"horizon": args.dream, **gap}
     print(json.dumps(result))
     print(f"{config.task} after {step} environment steps ({config.planner}): return {result['mean']:.1f} +- {result['std']:.1f} "
           f"over {args.episodes} episodes; video {video}")
+    if gap is not None and gap["starts"]:
+        print(f"{args.dream}-step reward from {gap['starts']} states: real {gap['real']:.2f}, imagined {gap['imagined']:.2f} "
+              f"(imagined - real {gap['bias']:+.2f}, mean |imagined - real| {gap['error']:.2f}, correlation {gap['correlation']:.2f})")
     return result
 
 

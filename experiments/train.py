@@ -53,7 +53,7 @@ from embodied.worldmodel.io import read_record, write_record
 from experiments.config import PRESETS, Config, compiled_defaults, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
-RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "save_every", "planner", "mpc", "devices", "compute_dtype")
+RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "eval_dream", "save_every", "planner", "mpc", "devices", "compute_dtype")
 
 
 def parse(argv: list[str] | None = None) -> Config:
@@ -92,16 +92,24 @@ def enable_compile_cache() -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_policy(agent: Dreamer, explore: bool, planner) -> Callable:
-    """One jitted policy per agent and mode, so that each evaluation does not trace and compile it again."""
+def _jitted_policy(agent: Dreamer, explore: bool, planner, dream: int = 0) -> Callable:
+    """One jitted policy per agent and mode, so that each evaluation does not trace and compile it again.
+    With `dream` H, the actor's mode and its H-step dream (`Dreamer.dream`)."""
+    if dream:
+        return jax.jit(functools.partial(agent.dream, horizon=dream))
     return jax.jit(functools.partial(agent.policy, explore=explore, planner=planner))
 
 
 class Acting:
-    """The host-side policy the Driver calls: keeps the policy's recurrent state and its key."""
+    """The host-side policy the Driver calls: keeps the policy's recurrent state and its key.
+    With `dream` H it acts with the actor's mode and keeps each step's imagined H-step reward in `dreamed`."""
 
-    def __init__(self, agent: Dreamer, config: Config, num_envs: int, key: jax.Array, explore: bool):
-        self._policy = _jitted_policy(agent, explore, config.mpc if config.planner == "mpc" else None)
+    def __init__(self, agent: Dreamer, config: Config, num_envs: int, key: jax.Array, explore: bool, dream: int = 0):
+        if dream and (explore or config.planner != "actor"):
+            raise ValueError(f"A dream is imagined with the actor's mode: it takes --planner actor (got {config.planner!r}) "
+                             "and no exploration.")
+        self._policy = _jitted_policy(agent, explore, config.mpc if config.planner == "mpc" else None, dream)
+        self.dreamed = None
         self._keys = set(k for k in ("image", "proprio") if getattr(agent.spec, k) is not None)
         self.state = agent.init_policy(num_envs)
         self.key = key
@@ -124,41 +132,76 @@ class Acting:
         self.key, key = jax.random.split(self.key)
         inputs = {k: v for k, v in obs.items() if k in self._keys}
         inputs["is_first"] = np.asarray(obs["is_first"])
-        action, self.state = self._policy(self.agent_state, self.state, inputs, key)
+        action, self.state, *dreamed = self._policy(self.agent_state, self.state, inputs, key)
+        self.dreamed = np.asarray(dreamed[0]) if dreamed else None
         return np.asarray(action)
 
 
 def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: jax.Array, video: pathlib.Path | None = None,
-             fresh_every: int | None = None):
-    """Runs `episodes` episodes with the policy's mode in a fresh environment; returns their scores.
+             fresh_every: int | None = None, dream: int = 0) -> tuple[list[float], dict | None]:
+    """Runs `episodes` episodes with the policy's mode in a fresh environment; returns their scores,
+    and with `dream` H the `dream_gap` of every state they visit (`Dreamer.dream`), else None.
 
     An agent of an `mjx/` task runs in the task's dm-control form (same observations, rewards, timing).
     `fresh_every` N starts the policy's recurrent state afresh every N agent steps, as at an episode's
     start: no longer a history than a training sequence of N steps gives."""
     env = envs.make(config.task.replace("mjx/", "dmc/", 1), **config.env.options())
-    acting = Acting(agent, config, 1, key, explore=False)
+    acting = Acting(agent, config, 1, key, explore=False, dream=dream)
     acting.agent_state = agent_state
-    scores, frames = [], []
+    played, frames = [], []
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=10_000 + episode)
-            done, score, t = False, 0.0, 0
+            done, rewards, dreams = False, [], []
             while not done:
                 if video is not None and episode == 0:
                     frames.append(obs["image"] if "image" in obs else env.render())
                 batched = {k: v[None] for k, v in obs.items()}
+                t = len(rewards)
                 fresh = t == 0 or (fresh_every is not None and t % fresh_every == 0)
                 action = acting({**batched, "is_first": np.array([fresh])})[0]
                 obs, reward, terminated, truncated, _ = env.step(action)
-                score, t, done = score + reward, t + 1, terminated or truncated
-            scores.append(score)
+                rewards.append(float(reward))
+                if dream:
+                    dreams.append(float(acting.dreamed[0]))
+                done = terminated or truncated
+            played.append((np.array(rewards), np.array(dreams)))
     finally:
         env.close()
     if video is not None and frames:
         import imageio.v3 as iio
 
         iio.imwrite(video, np.stack(frames), duration=1000 / 30, loop=0)
-    return scores
+    return [float(real.sum()) for real, _ in played], dream_gap(played, dream) if dream else None
+
+
+def dream_gap(episodes: list[tuple[np.ndarray, np.ndarray]], horizon: int) -> dict:
+    """The imagined H-step rewards of episodes against the real ones that followed.
+
+    Each episode is (real, imagined), both (T,): the reward of each agent step, and the H-step
+    reward the world model imagined from the state before step t's action. Only the starts with
+    H real steps after them (T - H + 1 an episode) count. `bias` is the mean of imagined - real
+    (above 0: the dream promises more than the world gives), `error` the mean of |imagined - real|,
+    `real` and `imagined` the two means, `correlation` their Pearson correlation over the starts
+    (whether the dream tells the better states from the worse; NaN where either is constant)."""
+    windows = [(np.convolve(real, np.ones(horizon), "valid"), imagined) for real, imagined in episodes if len(real) >= horizon]
+    if not windows:
+        return {"starts": 0}
+    real = np.concatenate([w for w, _ in windows])  # w[t] = real[t] + ... + real[t + H - 1]
+    dreamed = np.concatenate([imagined[: len(w)] for w, imagined in windows])
+    correlation = float(np.corrcoef(real, dreamed)[0, 1]) if real.std() > 0 and dreamed.std() > 0 else math.nan
+    return {"starts": len(real), "real": float(real.mean()), "imagined": float(dreamed.mean()),
+            "bias": float((dreamed - real).mean()), "error": float(np.abs(dreamed - real).mean()), "correlation": correlation}
+
+
+def log_evaluation(logger: Logger, bar, step: int, returns, gap: dict | None, video: pathlib.Path | None = None) -> None:
+    """Writes an evaluation's returns, and its dream against the world where measured (`eval/dream_*`)."""
+    logger.write(step, {"eval/return": float(np.mean(returns)), "eval/return_std": float(np.std(returns))}
+                 | ({f"eval/dream_{k}": float(v) for k, v in gap.items()} if gap else {}))
+    line = f"eval at {step}: return {np.mean(returns):.1f} +- {np.std(returns):.1f}"
+    if gap and gap["starts"]:
+        line += f"; dream |imagined - real| {gap['error']:.2f} (bias {gap['bias']:+.2f}, correlation {gap['correlation']:.2f})"
+    bar.write(line + (f" ({video.name})" if video is not None else ""))
 
 
 def config_record(config: Config) -> dict:
@@ -330,9 +373,8 @@ def train(config: Config) -> dict:
                 if process == 0 and config.eval_every and _crossed(before, counters["env_steps"], config.eval_every) and counters["updates"]:
                     eval_key, k = jax.random.split(eval_key)
                     video = run / f"eval-{counters['env_steps']}.gif"
-                    returns = evaluate(agent, config, local(state), config.eval_episodes, k, video=video)
-                    logger.write(counters["env_steps"], {"eval/return": np.mean(returns), "eval/return_std": np.std(returns)})
-                    bar.write(f"eval at {counters['env_steps']}: return {np.mean(returns):.1f} +- {np.std(returns):.1f} ({video.name})")
+                    returns, gap = evaluate(agent, config, local(state), config.eval_episodes, k, video=video, dream=config.eval_dream)
+                    log_evaluation(logger, bar, counters["env_steps"], returns, gap, video)
                 if _crossed(before, counters["env_steps"], config.save_every):
                     save()
                 if processes == 1:

@@ -14,14 +14,16 @@ def test_compiled_loop_trains_checkpoints_and_resumes(tmp_path):
                 "--prefill", "200", "--eval-every", "400", "--save-every", "400", "--env.envs", "2", "--length", "8",
                 "--train-ratio", "16"]
 
-    config = parse(args(500))
+    config = parse(args(500) + ["--eval-dream", "4"])
     assert config.loop == "compiled" and config.env.proprio and not config.env.pixels
     summary = train(config)
     assert summary["env_steps"] == 500 and summary["updates"] > 0
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [line["train/loss"] for line in lines if "train/loss" in line]
     assert len(losses) >= 2 and np.all(np.isfinite(losses)) and losses[-1] < losses[0]
-    assert any("eval/return" in line for line in lines)
+    evaluation = [line for line in lines if "eval/return" in line]
+    assert len(evaluation) == 1 and evaluation[0]["eval/dream_starts"] == 50 - 4 + 1  # debug episodes: 50 agent steps
+    assert all(np.isfinite(evaluation[0][f"eval/dream_{k}"]) for k in ("real", "imagined", "bias", "error"))
     resumed = train(parse(args(700)))  # continues the step and update counters, with the saved replay
     assert resumed["env_steps"] == 700 and resumed["updates"] > summary["updates"]
 
@@ -64,6 +66,26 @@ def test_compiled_loop_over_two_devices_equals_one_device():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  one.agent.world_model.params, two.agent.world_model.params)
     np.testing.assert_allclose(one.obs, two.obs, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_evaluation_acts_alike_with_and_without_its_dream():
+    """The dream is imagined beside the actor's mode; it does not change the actions, so the rewards
+    are the same with the same key. Its imagined rewards are finite, and zeros without it."""
+    import jax
+
+    from experiments.compiled import CompiledLoop, make_env, spec_of
+    from experiments.train import make_agent
+
+    config = parse(["--preset", "debug", "--task", "mjx/cartpole-swingup", "--env.time-limit", "12"])
+    env = make_env(config)
+    agent = make_agent(config, spec_of(env))
+    loop, state = CompiledLoop(config, agent, env), agent.init(0)
+    evaluate = jax.jit(loop.evaluate, static_argnums=(2, 3))
+    rewards, nothing = evaluate(state, jax.random.key(1), 2, 0)
+    dreamed_rewards, dreamed = evaluate(state, jax.random.key(1), 2, 3)
+    assert rewards.shape == dreamed.shape == (12, 2)
+    np.testing.assert_allclose(dreamed_rewards, rewards, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(nothing) == 0) and np.all(np.isfinite(dreamed)) and np.any(np.asarray(dreamed) != 0)
 
 
 def test_environments_must_split_over_the_devices():

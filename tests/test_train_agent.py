@@ -7,7 +7,7 @@ import pytest
 
 from embodied.replay import Replay, ReplayConfig
 from experiments import evaluate as evaluate_script
-from experiments.train import parse, train
+from experiments.train import dream_gap, parse, train
 
 DEBUG = ["--preset", "debug", "--task", "dmc/cartpole-balance", "--env.size", "16", "--eval-every", "0", "--log-every", "100"]
 
@@ -47,11 +47,15 @@ def test_losses_are_finite_and_fall(run):
 def test_resume_continues_the_counters_and_keeps_the_replay_once(run):
     run, out = run
     on_disk = sum(int(p.stem.split("-")[-1]) for p in (run / "replay").glob("*.npz"))
-    resumed = train(parse(DEBUG + ["--run", str(run), "--steps", "600"]))
+    # Evaluation is a change a resume may make: here at 600, with a 3-step dream beside it.
+    resumed = train(parse(DEBUG + ["--run", str(run), "--steps", "600", "--eval-every", "600", "--eval-dream", "3"]))
     assert resumed["env_steps"] == 600
     assert resumed["updates"] > out["updates"]
     steps = [line["step"] for line in lines(run) if "speed/env_steps_per_s" in line]
     assert steps == sorted(steps) and steps[-1] == 600 and 400 in steps, steps
+    evaluation = [line for line in lines(run) if "eval/return" in line]
+    assert [line["step"] for line in evaluation] == [600] and evaluation[0]["eval/dream_starts"] == 50 - 3 + 1
+    assert all(np.isfinite(evaluation[0][f"eval/dream_{k}"]) for k in ("real", "imagined", "bias", "error"))
     times = [line["time"] for line in lines(run)]  # wall clock on every line, for the time to a return
     assert times == sorted(times) and times[-1] - times[0] > 1, times
     # The reloaded replay holds each stored episode once: memory does not double on resume.
@@ -87,13 +91,17 @@ def test_evaluate_can_start_the_policy_state_afresh_every_n_steps(run, tmp_path,
         evaluate_script.main(evaluate_script.Args(checkpoint=run, fresh_every=8, policy="tests.dream_policy:load_policy"))
 
 
-def test_evaluate_sets_the_dream_beside_the_world(run):
+def test_evaluate_sets_the_dream_beside_the_world(run, tmp_path):
     run, _ = run
-    result = evaluate_script.main(evaluate_script.Args(checkpoint=run, episodes=2, dream=5))
-    assert result["starts"] == 2 * (50 - 5 + 1) and result["horizon"] == 5  # debug episodes: 50 steps
-    assert len(result["returns"]) == 2 and all(np.isfinite(result[k]) for k in ("real", "imagined", "bias", "error"))
-    assert result["bias"] == pytest.approx(result["imagined"] - result["real"], abs=1e-9)
-    assert result["real"] >= 0 and result["error"] >= abs(result["bias"]) - 1e-9
+    plain = evaluate_script.main(evaluate_script.Args(checkpoint=run, episodes=2, video=tmp_path / "plain.gif"))
+    result = evaluate_script.main(evaluate_script.Args(checkpoint=run, episodes=2, dream=5, video=tmp_path / "dream.gif"))
+    gap = result["dream"]
+    assert gap["starts"] == 2 * (50 - 5 + 1) and gap["horizon"] == 5  # debug episodes: 50 steps
+    assert all(np.isfinite(gap[k]) for k in ("real", "imagined", "bias", "error"))
+    assert gap["bias"] == pytest.approx(gap["imagined"] - gap["real"], abs=1e-9)
+    assert gap["real"] >= 0 and gap["error"] >= abs(gap["bias"]) - 1e-9
+    # Dreaming does not change what the agent does: the same actions, the same key, the same returns.
+    np.testing.assert_allclose(result["returns"], plain["returns"], rtol=1e-4)
     with pytest.raises(ValueError, match="--dream must be >= 1"):
         evaluate_script.main(evaluate_script.Args(checkpoint=run, dream=0))
     with pytest.raises(ValueError, match="--dream imagines with the actor.*'mpc'"):
@@ -103,12 +111,12 @@ def test_evaluate_sets_the_dream_beside_the_world(run):
 def test_dream_gap_counts_the_starts_with_a_whole_window():
     real = np.array([1.0, 0.0, 1.0, 1.0])
     imagined = np.array([2.0, 1.0, 1.0, 9.0])  # the last start has 1 real step after it, not 2: left out
-    gap = evaluate_script.dream_gap([(real, imagined), (np.ones(1), np.ones(1))], horizon=2)  # the second is too short
+    gap = dream_gap([(real, imagined), (np.ones(1), np.ones(1))], horizon=2)  # the second is too short
     # Real 2-step windows: 1, 1, 2; imagined 2, 1, 1: deviations -1/3, -1/3, 2/3 against 2/3, -1/3, -1/3.
     assert gap == {"starts": 3, "real": pytest.approx(4 / 3), "imagined": pytest.approx(4 / 3),
                    "bias": pytest.approx(0.0), "error": pytest.approx(2 / 3), "correlation": pytest.approx(-0.5)}
-    assert np.isnan(evaluate_script.dream_gap([(np.ones(3), np.arange(3.0))], horizon=2)["correlation"])  # real constant
-    assert evaluate_script.dream_gap([(np.ones(1), np.ones(1))], horizon=2) == {"starts": 0}
+    assert np.isnan(dream_gap([(np.ones(3), np.arange(3.0))], horizon=2)["correlation"])  # real constant
+    assert dream_gap([(np.ones(1), np.ones(1))], horizon=2) == {"starts": 0}
 
 
 def test_resume_with_another_config_names_the_difference(run):
@@ -141,6 +149,8 @@ def test_a_field_added_since_the_run_started_counts_as_its_default():
     (["--replay.prefill-share", "0.3", "--prefill", "0"], "replay.prefill_share=0.3"),
     (["--env.no-velocities"], "env.velocities=False"),  # pixels only: no proprio to thin
     (["--env.supersample", "0"], "env.supersample=0"),
+    (["--eval-dream", "-1"], "eval_dream=-1"),
+    (["--eval-dream", "5", "--planner", "mpc"], "eval_dream=5"),  # the dream is the actor's
     (["--task", "gym/Hopper-v5", "--env.proprio", "--env.no-velocities"], "env.velocities=False"),
 ])
 def test_bad_config_fails_before_any_work_with_the_field_name(flags, message, capsys):

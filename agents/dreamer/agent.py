@@ -229,6 +229,25 @@ class Dreamer:
             choose = functools.partial(self._add_noise, choose)
         return model.act_step(policy_state, obs, obs["is_first"], choose, key)
 
+    def dream(self, state: DreamerState, policy_state: ImagineState, obs: dict, key: jax.Array,
+              horizon: int) -> tuple[jax.Array, ImagineState, jax.Array]:
+        """`policy` with the actor's mode, and the dream it acts in: from the state before the action,
+        the world model imagines `horizon` steps with the same actor (latents sampled from the prior,
+        as in training). Returns the action, the next policy state, and the imagined reward of those
+        steps (B,), each step weighted by the predicted chance that the episode still runs."""
+        model = self.module("world_model", state.world_model)
+        actor = self.module("actor", state.actor)
+        dreamed = []
+
+        def choose(start, key):
+            traj = imagine(model, lambda features, _: actor.mode(features), start, horizon, key)
+            alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(traj.continues[:, :1]), traj.continues[:, :-1]], 1), 1)
+            dreamed.append((alive * traj.rewards).sum(1))
+            return actor.mode(model.features(start.y, start.z))
+
+        action, policy_state = model.act_step(policy_state, obs, obs["is_first"], choose, key)
+        return action, policy_state, dreamed[0]
+
     def _add_noise(self, choose, s: ImagineState, key: jax.Array) -> jax.Array:
         """`choose`'s action with `explore_noise`: Gaussian noise then the clip for continuous
         actions, a uniform random action with that chance for discrete ones."""
