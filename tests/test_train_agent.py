@@ -119,6 +119,29 @@ def test_dream_gap_counts_the_starts_with_a_whole_window():
     assert dream_gap([(np.ones(1), np.ones(1))], horizon=2) == {"starts": 0}
 
 
+def test_dream_error_holds_the_episodes_and_actions_the_same_for_every_model(run):
+    from experiments import dream_error
+
+    run, _ = run
+    result = dream_error.main(dream_error.Args(runs=(run, run), horizon=5, episodes=1))
+    assert result["starts"] == 50 - 5 + 1 and result["episodes"] == 1  # debug episodes: 50 steps
+    first, second = result["runs"]
+    assert len(first["per_step"]) == 5 and all(np.isfinite(first["per_step"])) and np.isfinite(first["window"])
+    assert first["per_step"] == second["per_step"] and first["window"] == second["window"]  # same model, same data, same keys
+    with pytest.raises(ValueError, match="No episode was as long as --horizon 60"):
+        dream_error.main(dream_error.Args(runs=(run,), horizon=60, episodes=1))
+    with pytest.raises(ValueError, match="--horizon and --episodes must be >= 1"):
+        dream_error.main(dream_error.Args(runs=(run,), horizon=0))
+
+
+def test_reward_differences_set_each_imagined_step_against_the_real_one_k_steps_on():
+    from experiments.dream_error import reward_differences
+
+    rewards = np.array([1.0, 2.0, 3.0, 4.0])
+    imagined = np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 5.0]])  # from starts 0, 1, 2: the rewards 1 and 2 steps on
+    np.testing.assert_allclose(reward_differences(imagined, rewards), [[0.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
+
+
 def test_resume_with_another_config_names_the_difference(run):
     run, _ = run
     with pytest.raises(ValueError, match="batch: checkpoint 4, now 8"):
