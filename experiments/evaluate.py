@@ -66,6 +66,9 @@ class Args:
     dream: int | None = None
     """Imagine this many steps with the actor from every state of the episodes, and report the
     imagined H-step reward against the real one that followed (the actor only, not with MPC)."""
+    dream_samples: int = 1
+    """With --dream: the mean of this many dreams from each state (the prior's samples differ), so that
+    the error left is not their spread."""
 
 
 def load_policy(spec: str):
@@ -122,6 +125,8 @@ def main(args: Args) -> dict:
         raise ValueError(f"--fresh-every must be >= 1; got {args.fresh_every}.")
     if args.dream is not None and args.dream < 1:
         raise ValueError(f"--dream must be >= 1 (imagined steps from each state); got {args.dream}.")
+    if args.dream_samples < 1:
+        raise ValueError(f"--dream-samples must be >= 1; got {args.dream_samples}.")
     if args.policy is not None:
         if args.fresh_every is not None or args.dream is not None:
             raise ValueError("--fresh-every and --dream act with the run's own agent, not with a --policy (which keeps its own state).")
@@ -134,12 +139,12 @@ def main(args: Args) -> dict:
     run = config.run_dir if args.checkpoint.name == "checkpoints" else args.checkpoint
     video = args.video or pathlib.Path(run) / "evaluate.gif"
     scores, gap = evaluate(agent, config, state, args.episodes, jax.random.key(args.seed), video=video,
-                           fresh_every=args.fresh_every, dream=args.dream or 0)
+                           fresh_every=args.fresh_every, dream=args.dream or 0, dream_samples=args.dream_samples)
     result = {"task": config.task, "env_steps": step, "planner": config.planner, "episodes": args.episodes,
               "fresh_every": args.fresh_every,
               "mean": float(np.mean(scores)), "std": float(np.std(scores)), "returns": [float(s) for s in scores]}
     if gap is not None:
-        result["dream"] = {"horizon": args.dream, **gap}
+        result["dream"] = {"horizon": args.dream, "samples": args.dream_samples, **gap}
     print(json.dumps(result))
     print(f"{config.task} after {step} environment steps ({config.planner}): return {result['mean']:.1f} +- {result['std']:.1f} "
           f"over {args.episodes} episodes; video {video}")

@@ -92,11 +92,11 @@ def enable_compile_cache() -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_policy(agent: Dreamer, explore: bool, planner, dream: int = 0) -> Callable:
+def _jitted_policy(agent: Dreamer, explore: bool, planner, dream: int = 0, dream_samples: int = 1) -> Callable:
     """One jitted policy per agent and mode, so that each evaluation does not trace and compile it again.
-    With `dream` H, the actor's mode and its H-step dream (`Dreamer.dream`)."""
+    With `dream` H, the actor's mode and its H-step dream (`Dreamer.dream`, over `dream_samples` dreams)."""
     if dream:
-        return jax.jit(functools.partial(agent.dream, horizon=dream))
+        return jax.jit(functools.partial(agent.dream, horizon=dream, samples=dream_samples))
     return jax.jit(functools.partial(agent.policy, explore=explore, planner=planner))
 
 
@@ -104,11 +104,12 @@ class Acting:
     """The host-side policy the Driver calls: keeps the policy's recurrent state and its key.
     With `dream` H it acts with the actor's mode and keeps each step's imagined H-step reward in `dreamed`."""
 
-    def __init__(self, agent: Dreamer, config: Config, num_envs: int, key: jax.Array, explore: bool, dream: int = 0):
+    def __init__(self, agent: Dreamer, config: Config, num_envs: int, key: jax.Array, explore: bool, dream: int = 0,
+                 dream_samples: int = 1):
         if dream and (explore or config.planner != "actor"):
             raise ValueError(f"A dream is imagined with the actor's mode: it takes --planner actor (got {config.planner!r}) "
                              "and no exploration.")
-        self._policy = _jitted_policy(agent, explore, config.mpc if config.planner == "mpc" else None, dream)
+        self._policy = _jitted_policy(agent, explore, config.mpc if config.planner == "mpc" else None, dream, dream_samples)
         self.dreamed = None
         self._keys = set(k for k in ("image", "proprio") if getattr(agent.spec, k) is not None)
         self.state = agent.init_policy(num_envs)
@@ -138,15 +139,16 @@ class Acting:
 
 
 def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: jax.Array, video: pathlib.Path | None = None,
-             fresh_every: int | None = None, dream: int = 0) -> tuple[list[float], dict | None]:
+             fresh_every: int | None = None, dream: int = 0, dream_samples: int = 1) -> tuple[list[float], dict | None]:
     """Runs `episodes` episodes with the policy's mode in a fresh environment; returns their scores,
-    and with `dream` H the `dream_gap` of every state they visit (`Dreamer.dream`), else None.
+    and with `dream` H the `dream_gap` of every state they visit (`Dreamer.dream`, the mean of
+    `dream_samples` dreams from each), else None.
 
     An agent of an `mjx/` task runs in the task's dm-control form (same observations, rewards, timing).
     `fresh_every` N starts the policy's recurrent state afresh every N agent steps, as at an episode's
     start: no longer a history than a training sequence of N steps gives."""
     env = envs.make(config.task.replace("mjx/", "dmc/", 1), **config.env.options())
-    acting = Acting(agent, config, 1, key, explore=False, dream=dream)
+    acting = Acting(agent, config, 1, key, explore=False, dream=dream, dream_samples=dream_samples)
     acting.agent_state = agent_state
     played, frames = [], []
     try:

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,6 +125,20 @@ def test_train_step_updates_every_network_and_reports_finite_metrics(kind):
         assert any(not np.allclose(a, b) for a, b in zip(before, after)), f"{name} did not change"
     assert all(np.isfinite(v) for v in jax.device_get(metrics).values()), metrics
     assert int(new.step) == 1 and float(metrics["skipped"]) == 0
+
+
+@pytest.mark.parametrize("kind", ["ssm", "gru", "transformer"])
+def test_dreaming_beside_the_actor_leaves_its_actions_and_state_as_they_are(kind):
+    agent = tiny_agent(kind=kind)
+    state, key = agent.init(0), jax.random.key(1)
+    obs = {"proprio": jnp.asarray(np.random.default_rng(0).normal(size=(2, 5)), jnp.float32), "is_first": jnp.array([True, False])}
+    action, policy_state = jax.jit(functools.partial(agent.policy, explore=False))(state, agent.init_policy(2), obs, key)
+    for samples in (1, 3):  # each start's carry repeated 3 times over: every backbone's carry is batch-first
+        dreamed_action, dreamed_state, dreamed = jax.jit(functools.partial(agent.dream, horizon=4, samples=samples))(
+            state, agent.init_policy(2), obs, key)
+        np.testing.assert_array_equal(dreamed_action, action)
+        jax.tree.map(np.testing.assert_array_equal, dreamed_state, policy_state)
+        assert dreamed.shape == (2,) and np.all(np.isfinite(dreamed))
 
 
 def test_the_replay_value_loss_changes_only_the_critic_update():

@@ -102,6 +102,12 @@ def test_evaluate_sets_the_dream_beside_the_world(run, tmp_path):
     assert gap["real"] >= 0 and gap["error"] >= abs(gap["bias"]) - 1e-9
     # Dreaming does not change what the agent does: the same actions, the same key, the same returns.
     np.testing.assert_allclose(result["returns"], plain["returns"], rtol=1e-4)
+    averaged = evaluate_script.main(evaluate_script.Args(checkpoint=run, episodes=2, dream=5, dream_samples=4,
+                                                         video=tmp_path / "averaged.gif"))
+    assert averaged["dream"]["starts"] == gap["starts"] and averaged["dream"]["real"] == pytest.approx(gap["real"])
+    assert averaged["dream"]["imagined"] != gap["imagined"]  # four dreams a state, averaged, not the one
+    with pytest.raises(ValueError, match="--dream-samples must be >= 1"):
+        evaluate_script.main(evaluate_script.Args(checkpoint=run, dream=5, dream_samples=0))
     with pytest.raises(ValueError, match="--dream must be >= 1"):
         evaluate_script.main(evaluate_script.Args(checkpoint=run, dream=0))
     with pytest.raises(ValueError, match="--dream imagines with the actor.*'mpc'"):

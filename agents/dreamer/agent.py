@@ -230,19 +230,23 @@ class Dreamer:
         return model.act_step(policy_state, obs, obs["is_first"], choose, key)
 
     def dream(self, state: DreamerState, policy_state: ImagineState, obs: dict, key: jax.Array,
-              horizon: int) -> tuple[jax.Array, ImagineState, jax.Array]:
+              horizon: int, samples: int = 1) -> tuple[jax.Array, ImagineState, jax.Array]:
         """`policy` with the actor's mode, and the dream it acts in: from the state before the action,
         the world model imagines `horizon` steps with the same actor (latents sampled from the prior,
         as in training). Returns the action, the next policy state, and the imagined reward of those
-        steps (B,), each step weighted by the predicted chance that the episode still runs."""
+        steps (B,), each step weighted by the predicted chance that the episode still runs; with
+        `samples` K, the mean over K dreams from the same state (what is left of the error is not
+        the spread of the prior's samples)."""
         model = self.module("world_model", state.world_model)
         actor = self.module("actor", state.actor)
         dreamed = []
 
         def choose(start, key):
-            traj = imagine(model, lambda features, _: actor.mode(features), start, horizon, key)
+            B = start.y.shape[0]
+            tiled = jax.tree.map(lambda x: jnp.repeat(x, samples, 0), start)  # (B * K, ...), each start K times over
+            traj = imagine(model, lambda features, _: actor.mode(features), tiled, horizon, key)
             alive = jnp.cumprod(jnp.concatenate([jnp.ones_like(traj.continues[:, :1]), traj.continues[:, :-1]], 1), 1)
-            dreamed.append((alive * traj.rewards).sum(1))
+            dreamed.append((alive * traj.rewards).sum(1).reshape(B, samples).mean(1))
             return actor.mode(model.features(start.y, start.z))
 
         action, policy_state = model.act_step(policy_state, obs, obs["is_first"], choose, key)
