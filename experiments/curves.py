@@ -155,11 +155,8 @@ def curve(run: pathlib.Path, reach: float | None = None, metrics: tuple[str, ...
                 reached = (line["step"], float(t))
     values = {}
     for name in metrics:
-        seen = [(line["step"], line[name]) for line in lines if name in line]
-        if not seen:
-            known = sorted({k for line in lines for k in line} - {"step", "time"})
-            raise ValueError(f"metric {name!r} is in no line of {run}/metrics.jsonl; its metrics are: {', '.join(known)}.")
-        values[name] = {step: next((v for s, v in reversed(seen) if s <= step), math.nan) for step in evals}
+        seen = [(line["step"], line[name]) for line in lines if name in line]  # none: blank in the report
+        values[name] = {step: next((v for s, v in reversed(seen) if s <= step), math.nan) for step in evals} if seen else {}
     return Curve(str(run), evals, float(seconds[-1]) if lines else math.nan, speeds(lines), reached, values, setting_of(run))
 
 
@@ -206,8 +203,20 @@ def report(curves: list[Curve], reach: float | None = None) -> str:
     return "\n".join(out)
 
 
+def curves(runs: tuple[pathlib.Path, ...], reach: float | None = None, metrics: tuple[str, ...] = (), gap: float = 600.0) -> list[Curve]:
+    """Each run's `curve`. A metric some runs lack (e.g. eval/dream_error, logged only with --eval-dream)
+    is blank for them; one that no run has is refused, with the metrics they have."""
+    found = [curve(run, reach, metrics, gap) for run in runs]
+    for name in metrics:
+        if not any(c.metrics[name] for c in found):
+            known = sorted({k for run in runs for line in read(run) for k in line} - {"step", "time"})
+            raise ValueError(f"metric {name!r} is in no line of {', '.join(f'{run}/metrics.jsonl' for run in runs)}; "
+                             f"their metrics are: {', '.join(known)}.")
+    return found
+
+
 def main(args: Args) -> None:
-    print(report([curve(run, args.reach, args.metric, args.gap) for run in args.runs], args.reach))
+    print(report(curves(args.runs, args.reach, args.metric, args.gap), args.reach))
 
 
 if __name__ == "__main__":

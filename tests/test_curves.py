@@ -79,7 +79,16 @@ def test_a_directory_without_metrics_and_an_unknown_metric_are_refused(tmp_path,
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         curves.curve(tmp_path)
     with pytest.raises(ValueError, match="'train/kl' is in no line.*train/actor_entropy"):
-        curves.curve(runs[1], metrics=("train/kl",))
+        curves.curves(runs, metrics=("train/kl",))
+
+
+def test_a_metric_some_runs_lack_is_blank_for_them(tmp_path, runs):
+    dreamed = write(tmp_path / "dreamed", [
+        {"step": 2000, "time": 10.0, "eval/return": 400.0, "eval/return_std": 1.0, "eval/dream_error": 1.5}])
+    plain, with_dream = curves.curves((runs[1], dreamed), metrics=("eval/dream_error",))
+    assert plain.metrics["eval/dream_error"] == {} and with_dream.metrics["eval/dream_error"] == {2000: 1.5}
+    text = curves.report([plain, with_dream])
+    assert f"| {runs[1]} |  |  |" in text and f"| {dreamed} | 1.5 |  |" in text
 
 
 def test_runs_of_one_task_with_different_settings_are_averaged_apart(tmp_path):
