@@ -68,26 +68,6 @@ def test_compiled_loop_over_two_devices_equals_one_device():
     np.testing.assert_allclose(one.obs, two.obs, rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_evaluation_acts_alike_with_and_without_its_dream():
-    """The dream is imagined beside the actor's mode; it does not change the actions, so the rewards
-    are the same with the same key. Its imagined rewards are finite, and zeros without it."""
-    import jax
-
-    from experiments.compiled import CompiledLoop, make_env, spec_of
-    from experiments.train import make_agent
-
-    config = parse(["--preset", "debug", "--task", "mjx/cartpole-swingup", "--env.time-limit", "12"])
-    env = make_env(config)
-    agent = make_agent(config, spec_of(env))
-    loop, state = CompiledLoop(config, agent, env), agent.init(0)
-    evaluate = jax.jit(loop.evaluate, static_argnums=(2, 3))
-    rewards, nothing = evaluate(state, jax.random.key(1), 2, 0)
-    dreamed_rewards, dreamed = evaluate(state, jax.random.key(1), 2, 3)
-    assert rewards.shape == dreamed.shape == (12, 2)
-    np.testing.assert_allclose(dreamed_rewards, rewards, rtol=1e-5, atol=1e-6)
-    assert np.all(np.asarray(nothing) == 0) and np.all(np.isfinite(dreamed)) and np.any(np.asarray(dreamed) != 0)
-
-
 def test_environments_must_split_over_the_devices():
     with pytest.raises(ValueError, match="env.envs"):
         parse(["--preset", "debug", "--task", "mjx/cartpole-swingup", "--devices", "2", "--env.envs", "3"])
