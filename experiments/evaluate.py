@@ -125,8 +125,9 @@ def main(args: Args) -> dict:
         raise ValueError(f"--fresh-every must be >= 1; got {args.fresh_every}.")
     if args.dream is not None and args.dream < 1:
         raise ValueError(f"--dream must be >= 1 (imagined steps from each state); got {args.dream}.")
-    if args.dream_samples < 1:
-        raise ValueError(f"--dream-samples must be >= 1; got {args.dream_samples}.")
+    if args.dream_samples < 1 or (args.dream_samples != 1 and args.dream is None):
+        raise ValueError(f"--dream-samples must be >= 1, and is used only with --dream; got {args.dream_samples}"
+                         f"{'' if args.dream is not None else ' without --dream'}.")
     if args.policy is not None:
         if args.fresh_every is not None or args.dream is not None:
             raise ValueError("--fresh-every and --dream act with the run's own agent, not with a --policy (which keeps its own state).")

@@ -108,6 +108,8 @@ def test_evaluate_sets_the_dream_beside_the_world(run, tmp_path):
     assert averaged["dream"]["imagined"] != gap["imagined"]  # four dreams a state, averaged, not the one
     with pytest.raises(ValueError, match="--dream-samples must be >= 1"):
         evaluate_script.main(evaluate_script.Args(checkpoint=run, dream=5, dream_samples=0))
+    with pytest.raises(ValueError, match="only with --dream; got 4 without --dream"):
+        evaluate_script.main(evaluate_script.Args(checkpoint=run, dream_samples=4))
     with pytest.raises(ValueError, match="--dream must be >= 1"):
         evaluate_script.main(evaluate_script.Args(checkpoint=run, dream=0))
     with pytest.raises(ValueError, match="--dream imagines with the actor.*'mpc'"):
