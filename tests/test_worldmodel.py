@@ -212,6 +212,21 @@ def test_next_proprio_regresses_the_next_observation_from_the_backbone_output_wi
         dataclasses.replace(TINY, next_proprio=-1.0)
 
 
+def test_kl_exempt_is_the_share_of_steps_within_an_episode_whose_kl_the_free_bits_clamp():
+    data, key = batch(B=2, T=8), jax.random.key(0)
+    data["is_first"][1, 4] = True  # step 3 -> 4 crosses an episode boundary: not counted
+    model = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
+    observation = model.observe(data, key)
+    kl = np.asarray(dist.categorical_kl(observation.post[:, 1:], model.prior_logits(observation.y[:, :-1])))
+    valid = ~data["is_first"][:, 1:]
+    free = float(np.median(kl[valid]))
+    metrics = WorldModel(dataclasses.replace(TINY, free_nats=free), SPEC, rngs=nnx.Rngs(0)).loss(data, key)[1]
+    expected = (kl[valid] <= free).mean()
+    assert 0 < expected < 1
+    np.testing.assert_allclose(metrics["kl_exempt"], expected, rtol=1e-6)
+    np.testing.assert_allclose(metrics["kl"], kl[valid].mean(), rtol=1e-5)
+
+
 def test_ssm_eigenvalues_get_no_weight_decay():
     model = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
     _, params, _ = nnx.split(model, nnx.Param, ...)

@@ -462,6 +462,9 @@ class WorldModel(nnx.Module):
             next_loss = masked(((predicted - dist.symlog(batch["proprio"][:, 1:])) ** 2).sum(-1))
             metrics["next_proprio_loss"] = next_loss
             loss += c.next_proprio * next_loss
+        # The free bits exempt a step whose KL is under them from both KL terms: `kl`, a mean over
+        # steps, can sit near the clamp while most steps are exempt and a few pull hard.
+        metrics["kl_exempt"] = masked((dyn <= c.free_nats).astype(jnp.float32))
         metrics.update(kl=masked(dyn), reward_loss=reward_loss, cont_loss=cont_loss, loss=loss,
                        post_entropy=-(jax.nn.softmax(post) * jax.nn.log_softmax(post)).sum((-2, -1)).mean())
         return loss, metrics
