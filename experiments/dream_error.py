@@ -10,6 +10,20 @@ the real reward k steps ahead; the table gives the mean |imagined - real| at eac
 k, and |imagined - real| of the reward summed over the whole window (with its
 mean, imagined - real, as `bias`).
 
+Beside them, one step ahead and with nothing imagined: `posterior` is the mean
+|predicted - real| reward when the reward head reads the posterior's z_{t+1}, the
+latent of the real next observation, as training's reward loss has it, where the
+k = 1 column reads a sample of the prior's; and `kl` is the mean KL(posterior ||
+prior) over z_{t+1}, with `exempt` the share of steps whose KL is under the run's
+free bits (`model.free_nats`), which train neither. A model whose k = 1 error is
+large but whose posterior error is small has a reward head that is fine and a
+prior that is loose. Both are also given by how many inputs the backbone had read
+before the step, in spans that double from the run's training length L: training
+fits the prior from outputs that have read at most L - 1 inputs (a replayed
+sequence starts from a fresh carry), where acting reads whole episodes, so a
+model that is good within L and worse beyond it has a carry that leaves what
+training saw (an SSM whose memory is longer than L: `model.backbone.timescale`).
+
 `experiments.evaluate --dream H` asks whether an agent's dream holds while its
 actor chooses in it. This asks whether one world model is worse than another,
 with the states and the actions held the same for all: a model that only looks
@@ -22,12 +36,14 @@ import dataclasses
 import functools
 import json
 import pathlib
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tyro
 
+from embodied.nn import distributions as dist
 from embodied.worldmodel.imagine import imagine
 from experiments.train import Acting, load
 
@@ -68,11 +84,22 @@ def play(agent, config, agent_state, episodes: int, key: jax.Array) -> list[dict
     return played
 
 
-def open_loop(agent, agent_state, episode: dict, horizon: int, key: jax.Array) -> np.ndarray:
-    """The world model's imagined rewards (S, horizon) from every start with `horizon` real steps after
-    it (S = T - horizon + 1): the episode filtered under its own actions, then its actions replayed."""
+class OpenLoop(NamedTuple):
+    imagined: np.ndarray
+    """(S, horizon): the imagined reward k + 1 steps after each start (S = T - horizon + 1)."""
+    posterior: np.ndarray
+    """(T - 1,): the reward of each action t < T - 1 as the reward head reads it from y_t and the
+    posterior's z_{t+1}, as in training."""
+    kl: np.ndarray
+    """(T - 1,): KL(posterior || prior) over z_{t+1}."""
+
+
+def open_loop(agent, agent_state, episode: dict, horizon: int, key: jax.Array) -> OpenLoop:
+    """The episode filtered under its own actions; from every start with `horizon` real steps after
+    it, its actions replayed in imagination; and each step's posterior reward and KL."""
     inputs = {k: v[:, None] for k, v in episode.items() if k not in ("actions", "rewards")}  # (T, 1, ...): batch 1
-    return np.asarray(_open_loop_program(agent, horizon)(agent_state, inputs, jnp.asarray(episode["actions"]), key))
+    outputs = _open_loop_program(agent, horizon)(agent_state, inputs, jnp.asarray(episode["actions"]), key)
+    return OpenLoop(*map(np.asarray, outputs))
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,9 +122,16 @@ def _open_loop_program(agent, horizon: int):
             return policy_state, starts[0]
 
         _, starts = jax.lax.scan(step, agent.init_policy(1), (inputs, actions[:, None], jax.random.split(filter_key, T)))
-        starts = jax.tree.map(lambda x: x[:S, 0], starts)
+        starts = jax.tree.map(lambda x: x[:, 0], starts)  # at step t: y_{t-1} and the posterior's z_t
+        # One step on with the posterior's latent: y_t and z_{t+1} are in the start of step t + 1.
+        y_next, z_next = starts.y[1:], starts.z[1:]
+        posterior = dist.twohot_mean(model.heads(y_next, z_next)[0], model.bins[...])
+        observed = {k: v[1:, 0] for k, v in inputs.items() if k != "is_first"}
+        previous = inputs["image"][:-1, 0] if model.config.frames == 2 else None
+        kl = dist.categorical_kl(model.encode(observed, previous, y_next), model.prior_logits(y_next))
         windows = jnp.stack([actions[k:k + S] for k in range(horizon)], 1)  # windows[t, k] = actions[t + k]
-        return imagine(model, None, starts, horizon, imagine_key, actions=windows).rewards
+        imagined = imagine(model, None, jax.tree.map(lambda x: x[:S], starts), horizon, imagine_key, actions=windows).rewards
+        return imagined, posterior, kl
 
     return run
 
@@ -107,6 +141,23 @@ def reward_differences(imagined: np.ndarray, rewards: np.ndarray) -> np.ndarray:
     S, H = imagined.shape
     real = np.stack([rewards[t:t + H] for t in range(S)])
     return imagined - real
+
+
+def by_history(kl: list[np.ndarray], posterior: list[np.ndarray], length: int) -> list[dict]:
+    """Mean KL and posterior reward error of each episode's steps t (arrays (T - 1,)), by the inputs
+    y_t has read (t + 1): 1 to L - 1, as training's priors read, then spans doubling from L."""
+    edges = [1, length]
+    while edges[-1] <= max(len(k) for k in kl):
+        edges.append(2 * edges[-1])
+    inputs = np.concatenate([np.arange(1, len(k) + 1) for k in kl])
+    kl, posterior = np.concatenate(kl), np.concatenate(posterior)
+    spans = []
+    for low, high in zip(edges, edges[1:]):
+        inside = (inputs >= low) & (inputs < high)
+        if inside.any():
+            spans.append({"inputs": f"{low}-{min(high - 1, inputs.max())}", "steps": int(inside.sum()),
+                          "kl": float(kl[inside].mean()), "posterior": float(posterior[inside].mean())})
+    return spans
 
 
 def main(args: Args) -> dict:
@@ -125,22 +176,32 @@ def main(args: Args) -> dict:
     if not episodes:
         raise ValueError(f"No episode was as long as --horizon {args.horizon}.")
     rows = []
-    for run, (_, agent, agent_state, step) in zip(args.runs, loaded):
-        differences = np.concatenate([
-            reward_differences(open_loop(agent, agent_state, episode, args.horizon, jax.random.fold_in(key, i)), episode["rewards"])
-            for i, episode in enumerate(episodes)])
-        rows.append({"run": str(run), "env_steps": step, "per_step": np.abs(differences).mean(0).tolist(),
-                     "window": float(np.abs(differences.sum(1)).mean()), "window_bias": float(differences.sum(1).mean())})
+    for run, (run_config, agent, agent_state, step) in zip(args.runs, loaded):
+        passes = [open_loop(agent, agent_state, episode, args.horizon, jax.random.fold_in(key, i)) for i, episode in enumerate(episodes)]
+        differences = np.concatenate([reward_differences(p.imagined, e["rewards"]) for p, e in zip(passes, episodes)])
+        posterior = [np.abs(p.posterior - e["rewards"][:-1]) for p, e in zip(passes, episodes)]
+        kl = np.concatenate([p.kl for p in passes])
+        rows.append({"run": str(run), "env_steps": step, "length": run_config.length, "per_step": np.abs(differences).mean(0).tolist(),
+                     "window": float(np.abs(differences.sum(1)).mean()), "window_bias": float(differences.sum(1).mean()),
+                     "posterior": float(np.concatenate(posterior).mean()), "kl": float(kl.mean()),
+                     "kl_exempt": float((kl <= run_config.model.free_nats).mean()),
+                     "by_history": by_history([p.kl for p in passes], posterior, run_config.length)})
     result = {"task": config.task, "actor": str(args.runs[0]), "horizon": args.horizon, "episodes": len(episodes),
               "starts": sum(len(e["rewards"]) - args.horizon + 1 for e in episodes), "runs": rows}
     print(json.dumps(result))
     shown = sorted({1, min(5, args.horizon), min(10, args.horizon), args.horizon})
     print(f"{config.task}: mean |imagined - real| reward k steps ahead, the real actions replayed from "
-          f"{result['starts']} states of {args.runs[0]}'s episodes")
-    print(f"{'run':48s} " + " ".join(f"{'k=' + str(k):>7s}" for k in shown) + f" {'all ' + str(args.horizon):>8s} {'bias':>7s}")
+          f"{result['starts']} states of {args.runs[0]}'s episodes; one step on with the posterior's latent, "
+          "its reward error and KL(posterior || prior)")
+    print(f"{'run':48s} " + " ".join(f"{'k=' + str(k):>7s}" for k in shown) + f" {'all ' + str(args.horizon):>8s} {'bias':>7s}"
+          + f" {'posterior':>9s} {'kl':>6s} {'exempt':>6s}")
     for row in rows:
         print(f"{pathlib.Path(row['run']).name[-48:]:48s} " + " ".join(f"{row['per_step'][k - 1]:7.3f}" for k in shown)
-              + f" {row['window']:8.2f} {row['window_bias']:+7.2f}")
+              + f" {row['window']:8.2f} {row['window_bias']:+7.2f} {row['posterior']:9.3f} {row['kl']:6.2f} {row['kl_exempt']:6.2f}")
+    print("One step on, by the inputs the backbone had read (training fits the prior within its length L): KL / posterior reward error")
+    for row in rows:
+        print(f"{pathlib.Path(row['run']).name[-48:]:48s} L={row['length']:<4d} "
+              + "  ".join(f"{span['inputs']}: {span['kl']:.2f} / {span['posterior']:.3f}" for span in row["by_history"]))
     return result
 
 

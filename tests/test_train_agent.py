@@ -136,6 +136,8 @@ def test_dream_error_holds_the_episodes_and_actions_the_same_for_every_model(run
     first, second = result["runs"]
     assert len(first["per_step"]) == 5 and all(np.isfinite(first["per_step"])) and np.isfinite(first["window"])
     assert first["per_step"] == second["per_step"] and first["window"] == second["window"]  # same model, same data, same keys
+    assert first["kl"] == second["kl"] and first["posterior"] == second["posterior"]
+    assert np.isfinite(first["posterior"]) and first["kl"] >= 0 and 0 <= first["kl_exempt"] <= 1
     with pytest.raises(ValueError, match="No episode was as long as --horizon 60"):
         dream_error.main(dream_error.Args(runs=(run,), horizon=60, episodes=1))
     with pytest.raises(ValueError, match="--horizon and --episodes must be >= 1"):
@@ -148,6 +150,19 @@ def test_reward_differences_set_each_imagined_step_against_the_real_one_k_steps_
     rewards = np.array([1.0, 2.0, 3.0, 4.0])
     imagined = np.array([[1.0, 2.0], [2.0, 2.0], [3.0, 5.0]])  # from starts 0, 1, 2: the rewards 1 and 2 steps on
     np.testing.assert_allclose(reward_differences(imagined, rewards), [[0.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
+
+
+def test_by_history_splits_the_steps_by_the_inputs_the_backbone_had_read():
+    from experiments.dream_error import by_history
+
+    # Two episodes of 9 and 4 steps, training length 4: inputs 1-3 within it, then 4-7, 8-15.
+    kl = [np.arange(9, dtype=float), np.arange(4, dtype=float)]
+    posterior = [np.ones(9), np.zeros(4)]
+    spans = by_history(kl, posterior, 4)
+    assert [s["inputs"] for s in spans] == ["1-3", "4-7", "8-9"]
+    assert [s["steps"] for s in spans] == [6, 5, 2]
+    np.testing.assert_allclose([s["kl"] for s in spans], [(0 + 1 + 2) * 2 / 6, (3 + 4 + 5 + 6 + 3) / 5, (7 + 8) / 2])
+    np.testing.assert_allclose([s["posterior"] for s in spans], [0.5, 0.8, 1.0])
 
 
 def test_resume_with_another_config_names_the_difference(run):
