@@ -144,6 +144,21 @@ def validate(config: Config) -> None:
     })
 
 
+def cautions(config: Config) -> list[str]:
+    """What a valid config does that its user may not expect; a run prints these as it starts."""
+    backbone, length = config.model.backbone, config.length
+    notes = []
+    if backbone.kind.startswith("ssm") and (backbone.timescale is None or backbone.timescale > length / 2):
+        memory = "up to about 2,000 steps (S5's initialisation)" if backbone.timescale is None else f"{backbone.timescale:g} steps"
+        notes.append(
+            f"model.backbone.timescale={backbone.timescale}: the SSM's states remember {memory}, but it trains on "
+            f"{length}-step sequences from a fresh carry, so past step {length} of an episode the agent acts from carries "
+            f"training never produced (on positions-only cartpole balance the prior's KL grew 4-26x past 64 steps: "
+            f"docs/agent-experiments.md, \"The SSM's dream beyond its training length\"). "
+            f"--model.backbone.timescale {max(1, length // 4)} bounds the memory to a quarter of the sequence.")
+    return notes
+
+
 def _mjx_names() -> list[str]:
     from envs.mjx import names
 

@@ -29,6 +29,7 @@ import functools
 import json
 import math
 import pathlib
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,7 +51,7 @@ from embodied.replay import Replay
 from embodied.stopping import StopSignals, save_if_whole
 from embodied.worldmodel import Spec
 from embodied.worldmodel.io import read_record, write_record
-from experiments.config import PRESETS, Config, compiled_defaults, validate
+from experiments.config import PRESETS, Config, cautions, compiled_defaults, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
 RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "eval_dream", "save_every", "planner", "mpc", "devices", "compute_dtype")
@@ -273,6 +274,9 @@ def open_run(config: Config) -> tuple[Checkpointer, dict | None]:
 
 def train(config: Config) -> dict:
     """Runs (or resumes) the run described by `config`; returns a summary of the last window."""
+    if jax.process_index() == 0:
+        for note in cautions(config):
+            print(f"note: {note}", file=sys.stderr)
     if config.loop == "compiled":
         from experiments.compiled import train_compiled
 

@@ -206,6 +206,17 @@ def test_bad_config_fails_before_any_work_with_the_field_name(flags, message, ca
     assert message in str(error.value) + capsys.readouterr().err
 
 
+def test_an_ssm_whose_memory_outlasts_the_training_sequences_is_cautioned_against():
+    from experiments.config import cautions
+
+    (note,) = cautions(parse([]))  # the small preset: an unbounded SSM, 64-step sequences
+    assert "model.backbone.timescale=None" in note and "--model.backbone.timescale 16" in note
+    assert "40 steps" in cautions(parse(["--model.backbone.timescale", "40"]))[0]
+    assert cautions(parse(["--model.backbone.timescale", "32"])) == []  # half the sequence: a state reaches 86% of its response within it
+    assert cautions(parse(["--model.backbone.kind", "gru"])) == []  # the GRU forgets through its gates
+    assert "--model.backbone.timescale 64" in cautions(parse(["--length", "256"]))[0]
+
+
 def test_unknown_field_is_rejected():
     with pytest.raises(SystemExit):
         parse(["--preset", "debug", "--agent.horizonn", "3"])
