@@ -252,7 +252,8 @@ def train_compiled(config: Config, agent_for) -> dict:
             carry = loop.init(saved["agent"], key, saved["replay"], counters["env_steps"], counters["debt"], counters["updates"])
             Logger.truncate(run, counters["env_steps"])
             print(f"Resuming {run} at {counters['env_steps']} environment steps, {counters['updates']} updates; "
-                  f"device replay holds {min(int(carry.replay.written), carry.replay.rows) * loop.envs} steps.")
+                  f"device replay holds {min(int(carry.replay.written), carry.replay.rows) * loop.envs} steps, one per action "
+                  f"({loop.per_iteration // loop.envs} environment steps each).")
     carry = loop.place(carry)
     iterations = max(1, config.log_every // loop.per_iteration)
     run_chunk = jax.jit(loop.run, static_argnums=1, donate_argnums=0)
