@@ -28,7 +28,7 @@ from embodied.worldmodel import Spec, WorldModel
 from embodied.worldmodel.io import load
 from envs.dream import DreamEnv, DreamVectorEnv
 from experiments.benchmark import timings
-from experiments.config import PRESETS
+from experiments.config import PRESETS, resolve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ def main(args: Args) -> None:
         model = load(args.checkpoint).model
     else:
         spec = Spec(image=(64, 64, 3), proprio=int(real.observation_space["proprio"].shape[0]), action=int(real.action_space.shape[0]))
-        model = WorldModel(PRESETS[args.preset].model, spec, rngs=nnx.Rngs(0))
+        model = WorldModel(resolve(PRESETS[args.preset]).model, spec, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     rows = []
 

@@ -32,7 +32,7 @@ from embodied.logging import table  # noqa: E402
 from embodied.parallel import data_parallel, make_mesh, replicate, shard_batch  # noqa: E402
 from embodied.worldmodel import Spec  # noqa: E402
 from experiments.benchmark import timings  # noqa: E402
-from experiments.config import PRESETS  # noqa: E402
+from experiments.config import PRESETS, resolve  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +85,7 @@ def frames_per_second(agent: Dreamer, devices: int, B: int, T: int, repeats: int
 
 def make_agent(preset: str, compute_dtype: str = "float32", starts: float | None = None, **model_changes) -> Dreamer:
     """The preset's agent for 64x64 pixels, with `starts` and any world-model fields (None: the preset's) changed."""
-    config = PRESETS[preset]
+    config = resolve(PRESETS[preset])
     agent = config.agent if starts is None else dataclasses.replace(config.agent, starts=starts)
     model = dataclasses.replace(config.model, **{k: v for k, v in model_changes.items() if v is not None})
     return Dreamer(Spec(image=(64, 64, 3), proprio=None, action=1), model, agent, config.model_optim,

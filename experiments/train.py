@@ -51,7 +51,7 @@ from embodied.replay import Replay
 from embodied.stopping import StopSignals, save_if_whole
 from embodied.worldmodel import Spec
 from embodied.worldmodel.io import read_record, write_record
-from experiments.config import PRESETS, Config, cautions, compiled_defaults, validate
+from experiments.config import PRESETS, Config, cautions, compiled_defaults, resolve, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
 RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "eval_dream", "save_every", "planner", "mpc", "devices", "compute_dtype")
@@ -70,6 +70,7 @@ def parse(argv: list[str] | None = None) -> Config:
             default = compiled_defaults(default)
     config = tyro.cli(Config, default=default, args=rest,
                       description=f"{__doc__}\nPresets: {', '.join(sorted(PRESETS))} (--preset NAME before other flags).")
+    config = resolve(config)
     validate(config)
     return config
 
@@ -274,6 +275,7 @@ def open_run(config: Config) -> tuple[Checkpointer, dict | None]:
 
 def train(config: Config) -> dict:
     """Runs (or resumes) the run described by `config`; returns a summary of the last window."""
+    config = resolve(config)
     if jax.process_index() == 0:
         for note in cautions(config):
             print(f"note: {note}", file=sys.stderr)

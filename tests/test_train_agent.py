@@ -209,12 +209,29 @@ def test_bad_config_fails_before_any_work_with_the_field_name(flags, message, ca
 def test_an_ssm_whose_memory_outlasts_the_training_sequences_is_cautioned_against():
     from experiments.config import cautions
 
-    (note,) = cautions(parse([]))  # the small preset: an unbounded SSM, 64-step sequences
+    (note,) = cautions(parse(["--model.backbone.timescale", "None"]))  # an unbounded SSM, 64-step sequences
     assert "model.backbone.timescale=None" in note and "--model.backbone.timescale 16" in note
     assert "40 steps" in cautions(parse(["--model.backbone.timescale", "40"]))[0]
     assert cautions(parse(["--model.backbone.timescale", "32"])) == []  # half the sequence: a state reaches 86% of its response within it
-    assert cautions(parse(["--model.backbone.kind", "gru"])) == []  # the GRU forgets through its gates
-    assert "--model.backbone.timescale 64" in cautions(parse(["--length", "256"]))[0]
+    assert "--model.backbone.timescale 64" in cautions(parse(["--length", "256", "--model.backbone.timescale", "200"]))[0]
+    assert cautions(parse([])) == []  # the small preset bounds it
+
+
+def test_the_presets_length_relative_timescale_resolves_for_every_backbone_kind():
+    from flax import nnx
+
+    from embodied.worldmodel.backbones import BackboneConfig, make_backbone
+    from experiments.config import PRESETS, resolve
+
+    assert PRESETS["small"].model.backbone.timescale == "auto"
+    assert parse([]).model.backbone.timescale == 16  # a quarter of the 64-step sequences, recorded as a number
+    assert parse(["--length", "256", "--batch", "4"]).model.backbone.timescale == 64
+    assert parse(["--model.backbone.kind", "gru"]).model.backbone.timescale is None  # no decay to bound: the preset still works
+    assert parse(["--model.backbone.kind", "transformer"]).model.backbone.timescale is None
+    assert parse(["--model.backbone.timescale", "None"]).model.backbone.timescale is None  # an explicit choice stands
+    assert resolve(resolve(PRESETS["small"])) == resolve(PRESETS["small"])
+    with pytest.raises(ValueError, match="timescale='auto'.*resolve it first"):
+        make_backbone(BackboneConfig(dim=8, state=4, layers=1, timescale="auto"), rngs=nnx.Rngs(0))
 
 
 def test_unknown_field_is_rejected():

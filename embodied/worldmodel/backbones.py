@@ -49,11 +49,13 @@ class BackboneConfig:
     scan: Literal["auto", "parallel", "sequential"] = "auto"
     """How the SSM's recurrence runs over time in training: an associative scan (parallel), a loop
     (sequential), or auto: sequential on CPU, parallel on accelerators (embodied/nn/ssm.py)."""
-    timescale: float | None = None
+    timescale: float | Literal["auto"] | None = None
     """The SSMs' longest memory in steps: every state decays at least by exp(-1/timescale) per step.
     None leaves it as trained (S5's initialisation spans about 20 to 2,000 steps). A model trained
     on T-step sequences from a fresh carry and then run for a whole episode (an agent acting) sees
-    carries it never trained on unless its memory is well under T; T/4 forgets all but 2% in T."""
+    carries it never trained on unless its memory is well under T; T/4 forgets all but 2% in T.
+    auto: T/4 for an SSM and None for the GRU and the Transformer, resolved where T is known
+    (`experiments.config.resolve`, the agent's presets); a backbone cannot be built from it."""
 
     conv: int = 0
     """Width K of a causal depthwise convolution over time before each SSM layer (Mamba's conv1d,
@@ -68,8 +70,8 @@ class BackboneConfig:
 
     def __post_init__(self):
         require(self, {
-            "timescale": (self.timescale is None or (self.timescale > 0 and self.kind.startswith("ssm")),
-                          "None, or > 0 with an SSM kind (the GRU and the Transformer have no decay to bound)"),
+            "timescale": (self.timescale in (None, "auto") or (self.timescale > 0 and self.kind.startswith("ssm")),
+                          "None, 'auto', or > 0 with an SSM kind (the GRU and the Transformer have no decay to bound)"),
             "conv": (self.conv >= 0 and (self.conv == 0 or self.kind.startswith("ssm")), ">= 0, and 0 unless kind is an SSM"),
         }, prefix="model.backbone.")
 
@@ -320,4 +322,7 @@ BACKBONES: dict[str, type[nnx.Module]] = {
 def make_backbone(config: BackboneConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     if config.kind not in BACKBONES:
         raise ValueError(f"Unknown backbone {config.kind!r}; choose one of {sorted(BACKBONES)}.")
+    if config.timescale == "auto":
+        raise ValueError("model.backbone.timescale='auto' is a quarter of the training sequence length, which the backbone "
+                         "does not know: resolve it first (experiments.config.resolve), or pass a number of steps or None.")
     return BACKBONES[config.kind](config, rngs=rngs)
