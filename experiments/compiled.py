@@ -300,7 +300,7 @@ def train_compiled(config: Config, agent_for) -> dict:
                 if config.eval_every and _crossed(before, after, config.eval_every) and int(carry.updates):
                     eval_key, k = jax.random.split(eval_key)
                     rewards, dreamed = (np.asarray(x) for x in evaluate(carry.agent, k, config.eval_episodes, config.eval_dream))
-                    gap = dream_gap(list(zip(rewards.T, dreamed.T)), config.eval_dream) if config.eval_dream else None
+                    gap = dream_gap(list(zip(rewards.T, dreamed.T)), config.eval_dream, config.length) if config.eval_dream else None
                     log_evaluation(logger, bar, after, rewards.sum(0), gap)
                 if _crossed(before, after, config.save_every):
                     save(carry)

@@ -152,6 +152,9 @@ def main(args: Args) -> dict:
     if gap is not None and gap["starts"]:
         print(f"{args.dream}-step reward from {gap['starts']} states: real {gap['real']:.2f}, imagined {gap['imagined']:.2f} "
               f"(imagined - real {gap['bias']:+.2f}, mean |imagined - real| {gap['error']:.2f}, correlation {gap['correlation']:.2f})")
+        if "error_within" in gap:
+            print(f"  mean |imagined - real| of the dreams that end within the first {config.length} steps of an episode "
+                  f"(the training sequences' length): {gap['error_within']:.2f}; of the others: {gap['error_beyond']:.2f}")
     return result
 
 

@@ -176,10 +176,11 @@ def evaluate(agent: Dreamer, config: Config, agent_state, episodes: int, key: ja
         import imageio.v3 as iio
 
         iio.imwrite(video, np.stack(frames), duration=1000 / 30, loop=0)
-    return [float(real.sum()) for real, _ in played], dream_gap(played, dream) if dream else None
+    # With fresh_every the history restarts within an episode, so the split by the episode's step does not hold.
+    return [float(real.sum()) for real, _ in played], dream_gap(played, dream, None if fresh_every else config.length) if dream else None
 
 
-def dream_gap(episodes: list[tuple[np.ndarray, np.ndarray]], horizon: int) -> dict:
+def dream_gap(episodes: list[tuple[np.ndarray, np.ndarray]], horizon: int, length: int | None = None) -> dict:
     """The imagined H-step rewards of episodes against the real ones that followed.
 
     Each episode is (real, imagined), both (T,): the reward of each agent step, and the H-step
@@ -187,15 +188,25 @@ def dream_gap(episodes: list[tuple[np.ndarray, np.ndarray]], horizon: int) -> di
     H real steps after them (T - H + 1 an episode) count. `bias` is the mean of imagined - real
     (above 0: the dream promises more than the world gives), `error` the mean of |imagined - real|,
     `real` and `imagined` the two means, `correlation` their Pearson correlation over the starts
-    (whether the dream tells the better states from the worse; NaN where either is constant)."""
+    (whether the dream tells the better states from the worse; NaN where either is constant).
+
+    With the training sequence length L, `error_within` is the error of the starts whose dream ends
+    within an episode's first L steps (t + H <= L: a history as long as training sequences show) and
+    `error_beyond` that of the others; NaN where there are none."""
     windows = [(np.convolve(real, np.ones(horizon), "valid"), imagined) for real, imagined in episodes if len(real) >= horizon]
     if not windows:
         return {"starts": 0}
     real = np.concatenate([w for w, _ in windows])  # w[t] = real[t] + ... + real[t + H - 1]
     dreamed = np.concatenate([imagined[: len(w)] for w, imagined in windows])
     correlation = float(np.corrcoef(real, dreamed)[0, 1]) if real.std() > 0 and dreamed.std() > 0 else math.nan
-    return {"starts": len(real), "real": float(real.mean()), "imagined": float(dreamed.mean()),
-            "bias": float((dreamed - real).mean()), "error": float(np.abs(dreamed - real).mean()), "correlation": correlation}
+    gap = {"starts": len(real), "real": float(real.mean()), "imagined": float(dreamed.mean()),
+           "bias": float((dreamed - real).mean()), "error": float(np.abs(dreamed - real).mean()), "correlation": correlation}
+    if length is not None:
+        within = np.concatenate([np.arange(len(w)) + horizon <= length for w, _ in windows])
+        error = np.abs(dreamed - real)
+        gap |= {"error_within": float(error[within].mean()) if within.any() else math.nan,
+                "error_beyond": float(error[~within].mean()) if (~within).any() else math.nan}
+    return gap
 
 
 def log_evaluation(logger: Logger, bar, step: int, returns, gap: dict | None, video: pathlib.Path | None = None) -> None:

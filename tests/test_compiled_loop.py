@@ -23,7 +23,7 @@ def test_compiled_loop_trains_checkpoints_and_resumes(tmp_path):
     assert len(losses) >= 2 and np.all(np.isfinite(losses)) and losses[-1] < losses[0]
     evaluation = [line for line in lines if "eval/return" in line]
     assert len(evaluation) == 1 and evaluation[0]["eval/dream_starts"] == 50 - 4 + 1  # debug episodes: 50 agent steps
-    assert all(np.isfinite(evaluation[0][f"eval/dream_{k}"]) for k in ("real", "imagined", "bias", "error"))
+    assert all(np.isfinite(evaluation[0][f"eval/dream_{k}"]) for k in ("real", "imagined", "bias", "error", "error_within", "error_beyond"))
     resumed = train(parse(args(700)))  # continues the step and update counters, with the saved replay
     assert resumed["env_steps"] == 700 and resumed["updates"] > summary["updates"]
 

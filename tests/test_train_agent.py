@@ -55,7 +55,7 @@ def test_resume_continues_the_counters_and_keeps_the_replay_once(run):
     assert steps == sorted(steps) and steps[-1] == 600 and 400 in steps, steps
     evaluation = [line for line in lines(run) if "eval/return" in line]
     assert [line["step"] for line in evaluation] == [600] and evaluation[0]["eval/dream_starts"] == 50 - 3 + 1
-    assert all(np.isfinite(evaluation[0][f"eval/dream_{k}"]) for k in ("real", "imagined", "bias", "error"))
+    assert all(np.isfinite(evaluation[0][f"eval/dream_{k}"]) for k in ("real", "imagined", "bias", "error", "error_within", "error_beyond"))
     times = [line["time"] for line in lines(run)]  # wall clock on every line, for the time to a return
     assert times == sorted(times) and times[-1] - times[0] > 1, times
     # The reloaded replay holds each stored episode once: memory does not double on resume.
@@ -100,6 +100,8 @@ def test_evaluate_sets_the_dream_beside_the_world(run, tmp_path):
     assert all(np.isfinite(gap[k]) for k in ("real", "imagined", "bias", "error"))
     assert gap["bias"] == pytest.approx(gap["imagined"] - gap["real"], abs=1e-9)
     assert gap["real"] >= 0 and gap["error"] >= abs(gap["bias"]) - 1e-9
+    within = 2 * (16 - 5 + 1)  # the starts whose 5-step dream ends within the debug preset's 16-step sequences
+    assert (within * gap["error_within"] + (gap["starts"] - within) * gap["error_beyond"]) / gap["starts"] == pytest.approx(gap["error"])
     # Dreaming does not change what the agent does: the same actions, the same key, the same returns.
     np.testing.assert_allclose(result["returns"], plain["returns"], rtol=1e-4)
     averaged = evaluate_script.main(evaluate_script.Args(checkpoint=run, episodes=2, dream=5, dream_samples=4,
@@ -125,6 +127,10 @@ def test_dream_gap_counts_the_starts_with_a_whole_window():
                    "bias": pytest.approx(0.0), "error": pytest.approx(2 / 3), "correlation": pytest.approx(-0.5)}
     assert np.isnan(dream_gap([(np.ones(3), np.arange(3.0))], horizon=2)["correlation"])  # real constant
     assert dream_gap([(np.ones(1), np.ones(1))], horizon=2) == {"starts": 0}
+    # Split by the training length L = 3: the dreams of starts 0 and 1 end within the first 3 steps, start 2's beyond.
+    split = dream_gap([(real, imagined)], horizon=2, length=3)
+    assert split["error_within"] == pytest.approx(0.5) and split["error_beyond"] == pytest.approx(1.0)  # errors 1, 0 | 1
+    assert np.isnan(dream_gap([(real, imagined)], horizon=2, length=100)["error_beyond"])  # every dream ends within
 
 
 def test_dream_error_holds_the_episodes_and_actions_the_same_for_every_model(run):
