@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from embodied.nn import distributions as dist
+from embodied.nn import init
 
 
 class MLP(nnx.Module):
@@ -24,10 +25,9 @@ class MLP(nnx.Module):
 
     def __init__(self, inputs: int, outputs: int, units: int, layers: int, *, zero_out: bool = False, rngs: nnx.Rngs):
         sizes = [inputs] + [units] * layers
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.hidden = nnx.List([init.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
         self.norms = nnx.List([nnx.LayerNorm(b, rngs=rngs) for b in sizes[1:]])
-        init = nnx.initializers.zeros if zero_out else nnx.initializers.lecun_normal()
-        self.out = nnx.Linear(sizes[-1], outputs, kernel_init=init, rngs=rngs)
+        self.out = init.Linear(sizes[-1], outputs, kernel_init=nnx.initializers.zeros if zero_out else init.lecun_normal, rngs=rngs)
 
     def __call__(self, x):
         for linear, norm in zip(self.hidden, self.norms):

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from embodied.nn import init
+
 
 def shifted_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """'VALID' stride-1 convolution as one matmul over the k*k shifted copies (im2col).
@@ -84,7 +86,7 @@ class Down(nnx.Module):
 
     def __init__(self, channels: int, out: int, *, rngs: nnx.Rngs):
         # A 4x4 kernel over pixels is a 2x2 kernel over 2x2 blocks of 4C channels.
-        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (2, 2, 4 * channels, out)))
+        self.kernel = nnx.Param(init.lecun_normal(rngs.params(), (2, 2, 4 * channels, out)))
         self.bias = nnx.Param(jnp.zeros((out,)))
 
     def __call__(self, x):
@@ -98,7 +100,7 @@ class Patch(nnx.Module):
     a uint8 frame moves a quarter of the bytes."""
 
     def __init__(self, channels: int, out: int, *, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (1, 1, 16 * channels, out)))
+        self.kernel = nnx.Param(init.lecun_normal(rngs.params(), (1, 1, 16 * channels, out)))
         self.bias = nnx.Param(jnp.zeros((out,)))
 
     def __call__(self, patches):
@@ -111,7 +113,7 @@ class Up(nnx.Module):
 
     def __init__(self, channels: int, out: int, factor: int = 2, *, rngs: nnx.Rngs):
         self.factor = factor
-        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (3, 3, channels, factor**2 * out)))
+        self.kernel = nnx.Param(init.lecun_normal(rngs.params(), (3, 3, channels, factor**2 * out)))
         self.bias = nnx.Param(jnp.zeros((factor**2 * out,)))
 
     def __call__(self, x):
@@ -205,7 +207,7 @@ class Decoder(nnx.Module):
             raise ValueError(f"colours={colours}: a decoder draws 3 channels per frame, and a skip decoder one frame.")
         scale = 2 ** len(mults)
         self.start = (size[0] // scale, size[1] // scale, depth * mults[-1])
-        self.proj = nnx.Linear(features, self.start[0] * self.start[1] * self.start[2], rngs=rngs)
+        self.proj = init.Linear(features, self.start[0] * self.start[1] * self.start[2], rngs=rngs)
         out = colours + skip + 2 * flow  # rgb, the copy mask, the flow (x, y)
         channels = [depth * m for m in reversed(mults[patch // 2 - 1:])] + [out]
         factors = [2] * (len(channels) - 2) + [patch]

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from embodied.nn import init
+
 SCANS = ("auto", "parallel", "sequential")
 
 
@@ -132,10 +134,10 @@ class DiagonalSSM(nnx.Module):
         self.lambda_im = SSMEigen(jnp.asarray(im))
         self.log_step = SSMEigen(init_log_step(rngs.params(), P))
         scale_b, scale_c = 1.0 / np.sqrt(H), 1.0 / np.sqrt(P)
-        self.B_re = nnx.Param(jax.random.normal(rngs.params(), (P, H)) * scale_b)
-        self.B_im = nnx.Param(jax.random.normal(rngs.params(), (P, H)) * scale_b)
-        self.C_re = nnx.Param(jax.random.normal(rngs.params(), (H, P)) * scale_c)
-        self.C_im = nnx.Param(jax.random.normal(rngs.params(), (H, P)) * scale_c)
+        self.B_re = nnx.Param(init.normal(rngs.params(), (P, H)) * scale_b)
+        self.B_im = nnx.Param(init.normal(rngs.params(), (P, H)) * scale_b)
+        self.C_re = nnx.Param(init.normal(rngs.params(), (H, P)) * scale_c)
+        self.C_im = nnx.Param(init.normal(rngs.params(), (H, P)) * scale_c)
         self.D = nnx.Param(jnp.ones((H,)))
         self.selective = selective
         self.step_proj = nnx.Linear(H, P, kernel_init=nnx.initializers.zeros, rngs=rngs) if selective else None

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from embodied.config import require
+from embodied.nn import init
 from embodied.nn.ssm import DiagonalSSM
 
 Kind = Literal["ssm", "ssm-selective", "gru", "transformer"]
@@ -78,8 +79,8 @@ class BackboneConfig:
 
 class MLP(nnx.Module):
     def __init__(self, dim: int, hidden: int, rngs: nnx.Rngs):
-        self.up = nnx.Linear(dim, hidden, rngs=rngs)
-        self.down = nnx.Linear(hidden, dim, rngs=rngs)
+        self.up = init.Linear(dim, hidden, rngs=rngs)
+        self.down = init.Linear(hidden, dim, rngs=rngs)
 
     def __call__(self, x):
         return self.down(jax.nn.gelu(self.up(x)))
@@ -184,8 +185,7 @@ class GRUBackbone(nnx.Module):
 
     def __init__(self, config: BackboneConfig, *, rngs: nnx.Rngs):
         D = config.dim
-        init = nnx.initializers.lecun_normal()
-        self.wx = nnx.Param(init(rngs.params(), (D, 3 * D)))
+        self.wx = nnx.Param(init.lecun_normal(rngs.params(), (D, 3 * D)))
         self.wh = nnx.Param(nnx.initializers.orthogonal()(rngs.params(), (D, 3 * D)))
         self.b = nnx.Param(jnp.zeros((3 * D,)))
         self.norm = nnx.LayerNorm(D, rngs=rngs)
@@ -237,10 +237,10 @@ class TransformerBackbone(nnx.Module):
         if D % config.heads:
             raise ValueError(f"Transformer dim {D} must divide by heads {config.heads}.")
         self.heads, self.context, self.layers, self.dim = config.heads, config.context, L, D
-        self.pos = nnx.Param(jax.random.normal(rngs.params(), (config.context, D)) * 0.02)
+        self.pos = nnx.Param(init.normal(rngs.params(), (config.context, D)) * 0.02)
         self.norms = nnx.List([nnx.LayerNorm(D, rngs=rngs) for _ in range(L)])
-        self.qkv = nnx.List([nnx.Linear(D, 3 * D, rngs=rngs) for _ in range(L)])
-        self.out = nnx.List([nnx.Linear(D, D, rngs=rngs) for _ in range(L)])
+        self.qkv = nnx.List([init.Linear(D, 3 * D, rngs=rngs) for _ in range(L)])
+        self.out = nnx.List([init.Linear(D, D, rngs=rngs) for _ in range(L)])
         self.mlp_norms = nnx.List([nnx.LayerNorm(D, rngs=rngs) for _ in range(L)])
         self.mlps = nnx.List([MLP(D, 2 * D, rngs) for _ in range(L)])
         self.out_norm = nnx.LayerNorm(D, rngs=rngs) if config.out_norm else None

@@ -24,6 +24,7 @@ from flax import nnx
 
 from embodied.config import require
 from embodied.nn import distributions as dist
+from embodied.nn import init
 from embodied.nn.conv import Decoder, Encoder
 from embodied.worldmodel.backbones import BackboneConfig, make_backbone
 
@@ -230,30 +231,30 @@ class WorldModel(nnx.Module):
                                    rngs=rngs)
             enc_features += self.encoder.out_features
         if spec.proprio is not None:
-            self.proprio_in = nnx.Linear(spec.proprio, Hd, rngs=rngs)
-            self.proprio_out = nnx.Sequential(nnx.Linear(decoded, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, spec.proprio, rngs=rngs))
+            self.proprio_in = init.Linear(spec.proprio, Hd, rngs=rngs)
+            self.proprio_out = nnx.Sequential(init.Linear(decoded, Hd, rngs=rngs), jax.nn.silu, init.Linear(Hd, spec.proprio, rngs=rngs))
             enc_features += Hd
         posterior_in = enc_features + D * (config.posterior == "filter")
-        self.posterior = nnx.Linear(config.posterior_hidden or posterior_in, self.latent, rngs=rngs)
-        self.in_proj = nnx.Linear(self.latent + spec.action, D, rngs=rngs)
+        self.posterior = init.Linear(config.posterior_hidden or posterior_in, self.latent, rngs=rngs)
+        self.in_proj = init.Linear(self.latent + spec.action, D, rngs=rngs)
         self.backbone = make_backbone(config.backbone, rngs=rngs)
-        self.prior = nnx.Sequential(nnx.LayerNorm(D, rngs=rngs), nnx.Linear(D, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, self.latent, rngs=rngs))
-        self.reward = nnx.Sequential(nnx.Linear(D + self.latent, Hd, rngs=rngs), jax.nn.silu,
-                                     nnx.Linear(Hd, config.reward_bins, kernel_init=nnx.initializers.zeros, rngs=rngs))
-        self.cont = nnx.Sequential(nnx.Linear(D + self.latent, Hd, rngs=rngs), jax.nn.silu, nnx.Linear(Hd, 1, rngs=rngs))
+        self.prior = nnx.Sequential(nnx.LayerNorm(D, rngs=rngs), init.Linear(D, Hd, rngs=rngs), jax.nn.silu, init.Linear(Hd, self.latent, rngs=rngs))
+        self.reward = nnx.Sequential(init.Linear(D + self.latent, Hd, rngs=rngs), jax.nn.silu,
+                                     init.Linear(Hd, config.reward_bins, kernel_init=nnx.initializers.zeros, rngs=rngs))
+        self.cont = nnx.Sequential(init.Linear(D + self.latent, Hd, rngs=rngs), jax.nn.silu, init.Linear(Hd, 1, rngs=rngs))
         self.bins = nnx.Variable(dist.twohot_bins(config.reward_bins))
         if config.next_proprio > 0:  # last, so that the other parameters draw the same numbers either way
             if spec.proprio is None:
                 raise ValueError(f"model.next_proprio={config.next_proprio} asks the backbone to predict the next proprio "
                                  "observation, but the data has none: set it to 0 or add proprio observations.")
-            self.next_proprio = nnx.Sequential(nnx.LayerNorm(D, rngs=rngs), nnx.Linear(D, Hd, rngs=rngs), jax.nn.silu,
-                                               nnx.Linear(Hd, spec.proprio, rngs=rngs))
+            self.next_proprio = nnx.Sequential(nnx.LayerNorm(D, rngs=rngs), init.Linear(D, Hd, rngs=rngs), jax.nn.silu,
+                                               init.Linear(Hd, spec.proprio, rngs=rngs))
         if config.posterior == "filter":
             self.posterior_norm = nnx.LayerNorm(D, rngs=rngs)
         if config.nonlinear_input:
             self.in_norm = nnx.LayerNorm(D, rngs=rngs)
         if config.posterior_hidden:  # last, so that without it the parameters and their draws are as before
-            self.posterior_hidden = nnx.Sequential(nnx.Linear(posterior_in, config.posterior_hidden, rngs=rngs),
+            self.posterior_hidden = nnx.Sequential(init.Linear(posterior_in, config.posterior_hidden, rngs=rngs),
                                                    nnx.LayerNorm(config.posterior_hidden, rngs=rngs), jax.nn.silu)
 
     # Pieces. The model computes in the dtype of its parameters (float32, or bfloat16 when a
