@@ -87,10 +87,13 @@ def make_agent(config: Config, spec: Spec) -> Dreamer:
 
 
 def enable_compile_cache() -> None:
-    """Compiled programs persist across runs, so a resumed run does not compile again."""
-    path = pathlib.Path("~/.cache/reverie/jax").expanduser()
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+    """Compiled programs persist across runs, so a resumed run does not compile again.
+
+    In `~/.cache/reverie/jax`, unless `JAX_COMPILATION_CACHE_DIR` names another folder (the
+    tests give each session its own), whose settings are then left as they are."""
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path("~/.cache/reverie/jax").expanduser()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 @functools.lru_cache(maxsize=8)

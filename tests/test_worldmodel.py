@@ -129,12 +129,18 @@ def test_posterior_hidden_adds_a_layer_and_leaves_the_other_parameters_as_drawn(
         dataclasses.replace(TINY, posterior_hidden=-1)
 
 
-@pytest.mark.parametrize("decoder", ["plain", "skip", "flow", "distance", "patch4", "filter", "nonlinear-input", "filter-hidden"])
-def test_train_step_lowers_the_loss_and_skips_nan_batches(decoder):
-    config = dataclasses.replace(TINY, decoder_skip=decoder in ("skip", "flow", "distance"), decoder_flow=decoder == "flow",
-                                 decoder_distance=decoder == "distance", patch=4 if decoder == "patch4" else 2,
-                                 posterior="filter" if decoder.startswith("filter") else "frame",
-                                 nonlinear_input=decoder == "nonlinear-input", posterior_hidden=16 * (decoder == "filter-hidden"))
+# Each option's path trains in one of these (each variant is a compile of about 20 s on the CI's CPUs).
+VARIANTS = {
+    "plain": {},
+    "skip-flow-distance": dict(decoder_skip=True, decoder_flow=True, decoder_distance=True),
+    "patch4-nonlinear-input": dict(patch=4, nonlinear_input=True),
+    "filter-hidden": dict(posterior="filter", posterior_hidden=16),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_train_step_lowers_the_loss_and_skips_nan_batches(variant):
+    config = dataclasses.replace(TINY, **VARIANTS[variant])
     model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
@@ -280,8 +286,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_tracks_the_float32_step(k
     optimizer = make_optimizer(OptimConfig(lr=3e-3))
     graphdef, state = init_state(model, optimizer)
     data = batch()
-    half = nnx.merge(graphdef, precision.cast(state.params, jnp.bfloat16), state.rest)
-    assert half.observe(data, jax.random.key(0)).y.dtype == jnp.bfloat16
+    observe = lambda params: nnx.merge(graphdef, params, state.rest).observe(data, jax.random.key(0)).y  # noqa: E731
+    assert jax.eval_shape(observe, precision.cast(state.params, jnp.bfloat16)).dtype == jnp.bfloat16
     losses = {}
     for dtype in ("float32", "bfloat16"):
         step = jax.jit(make_train_step(graphdef, optimizer, compute_dtype=dtype))
