@@ -4,12 +4,10 @@ import hashlib
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from embodied.parallel import data_parallel, initialize, make_mesh, shard_batch  # noqa: E402
+from embodied.parallel import data_parallel, initialize, make_mesh, shard_batch
 
 
 def main(address: str, process_id: int) -> None:

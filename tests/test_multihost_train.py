@@ -1,13 +1,12 @@
 """Two processes on localhost run `python -m experiments.train` together (CPU collectives)."""
 
-import os
 import pathlib
 import socket
 import subprocess
 import sys
 
 
-def run_two_processes(run: pathlib.Path, logs: pathlib.Path) -> list[str]:
+def run_two_processes(run: pathlib.Path, logs: pathlib.Path, env: dict) -> list[str]:
     """Each process's closing line ("process i/2: ... parameters P, sampler S") of one training command."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -20,18 +19,17 @@ def run_two_processes(run: pathlib.Path, logs: pathlib.Path) -> list[str]:
     logs.mkdir()
     workers = []
     for i in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-               "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}
+        process = {**env, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}
         with open(logs / f"out{i}", "w") as out, open(logs / f"err{i}", "w") as err:
-            workers.append(subprocess.Popen(command, cwd=pathlib.Path(__file__).parent.parent, env=env, stdout=out, stderr=err))
+            workers.append(subprocess.Popen(command, cwd=pathlib.Path(__file__).parent.parent, env=process, stdout=out, stderr=err))
     for i, worker in enumerate(workers):
         assert worker.wait(timeout=600) == 0, (logs / f"err{i}").read_text()[-3000:]
     return [next(line for line in (logs / f"out{i}").read_text().splitlines() if line.startswith("process ")) for i in range(2)]
 
 
-def test_two_processes_run_the_training_command_together_and_resume_it(tmp_path):
+def test_two_processes_run_the_training_command_together_and_resume_it(tmp_path, one_device_env):
     run = tmp_path / "run"
-    lines = run_two_processes(run, tmp_path / "first")
+    lines = run_two_processes(run, tmp_path / "first", one_device_env)
     assert lines[0].startswith("process 0/2: 400 environment steps") and lines[1].startswith("process 1/2: 400 environment steps")
     assert lines[0].split("parameters ")[1].split(",")[0] == lines[1].split("parameters ")[1].split(",")[0], lines  # one global learner
     assert " 0 updates" not in lines[0]
@@ -41,5 +39,5 @@ def test_two_processes_run_the_training_command_together_and_resume_it(tmp_path)
 
     # The same command again resumes at 400 steps, where it ends: every process gets back the parameters and
     # its own replay sampler's state as they were (process 1's sampler once restarted from its seed).
-    resumed = run_two_processes(run, tmp_path / "again")
+    resumed = run_two_processes(run, tmp_path / "again", one_device_env)
     assert resumed == lines, (resumed, lines)

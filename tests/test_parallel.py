@@ -65,7 +65,7 @@ def test_a_batch_that_does_not_split_is_refused_before_compiling():
         make_mesh(16)
 
 
-def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path):
+def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path, one_device_env):
     import pathlib
     import socket
     import subprocess
@@ -79,7 +79,7 @@ def test_two_processes_train_together_and_end_with_identical_parameters(tmp_path
     # the collectives, the other.
     logs = [(open(tmp_path / f"out{i}", "w"), open(tmp_path / f"err{i}", "w")) for i in range(2)]
     workers = [subprocess.Popen([sys.executable, "-m", "tests.distributed_worker", f"localhost:{port}", str(i)], cwd=root,
-                                stdout=out, stderr=err) for i, (out, err) in enumerate(logs)]
+                                env=one_device_env, stdout=out, stderr=err) for i, (out, err) in enumerate(logs)]
     for i, worker in enumerate(workers):
         assert worker.wait(timeout=300) == 0, (tmp_path / f"err{i}").read_text()[-2000:]
     lines = [(tmp_path / f"out{i}").read_text().strip().splitlines()[-1] for i in range(2)]

@@ -53,7 +53,7 @@ def test_an_array_donated_to_a_call_is_not_whole():
 
 
 @pytest.mark.parametrize("task", ["dmc/cartpole-balance", "mjx/cartpole-balance"])
-def test_ctrl_c_saves_where_the_run_stands_and_exits_cleanly(task, tmp_path):
+def test_ctrl_c_saves_where_the_run_stands_and_exits_cleanly(task, tmp_path, one_device_env):
     """Ctrl-C reaches the whole process group (the environment workers too). The run finishes
     its step (or compiled chunk), writes a checkpoint there with its replay, and exits 0."""
     run = tmp_path / "run"
@@ -68,7 +68,7 @@ def test_ctrl_c_saves_where_the_run_stands_and_exits_cleanly(task, tmp_path):
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   start_new_session=True, env={**os.environ, "XLA_FLAGS": ""})
+                                   start_new_session=True, env=one_device_env)
     finally:
         signal.signal(signal.SIGINT, before)
     try:
