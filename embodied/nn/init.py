@@ -10,7 +10,8 @@ position in the flattened array, so a longer flat draw begins with the same numb
 initialisers draw a flat array whose length is the next power of two, keep the first
 `prod(shape)` numbers and reshape them: the values equal Flax's and JAX's exactly
 (`tests/test_init.py`), and a process compiles one draw per power of two instead of
-one per shape.
+one per shape. (Under another PRNG, `jax_default_prng_impl` or a non-partitionable threefry,
+the numbers are as random but not the same as Flax's.)
 """
 
 from __future__ import annotations
