@@ -201,16 +201,16 @@ def test_next_proprio_regresses_the_next_observation_from_the_backbone_output_wi
     data, key = batch(T=6), jax.random.key(0)
     data["is_first"][0, 3] = True  # step 2 -> 3 crosses an episode boundary: not a target
     model = WorldModel(dataclasses.replace(TINY, next_proprio=2.0), SPEC, rngs=nnx.Rngs(0))
-    loss, metrics = model.loss(data, key)
-    y = model.observe(data, key).y
+    loss, metrics = nnx.jit(lambda m: m.loss(data, key))(model)  # jitted: an eager pass compiles each operation apart
+    y = nnx.jit(lambda m: m.observe(data, key).y)(model)
     error = ((model.next_proprio(y[:, :-1]) - dist.symlog(data["proprio"][:, 1:])) ** 2).sum(-1)
     valid = 1.0 - data["is_first"][:, 1:]
     np.testing.assert_allclose(metrics["next_proprio_loss"], (error * valid).sum() / valid.sum(), rtol=1e-5)
-    plain, _ = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0)).loss(data, key)
+    plain, _ = nnx.jit(lambda m: m.loss(data, key))(WorldModel(TINY, SPEC, rngs=nnx.Rngs(0)))
     np.testing.assert_allclose(loss, plain + 2.0 * metrics["next_proprio_loss"], rtol=1e-5)
     # It trains the backbone: the gradient reaches the SSM's parameters.
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    grads = jax.grad(lambda p: nnx.merge(graphdef, p, rest).loss(data, key)[1]["next_proprio_loss"])(params)
+    grads = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p, rest).loss(data, key)[1]["next_proprio_loss"]))(params)
     assert float(optax.tree.norm(grads["backbone"])) > 0
     with pytest.raises(ValueError, match="model.next_proprio=2.0 asks the backbone to predict the next proprio"):
         WorldModel(dataclasses.replace(TINY, next_proprio=2.0), Spec(image=(16, 16, 3), proprio=None, action=2), rngs=nnx.Rngs(0))
@@ -316,7 +316,8 @@ def test_decoder_skip_draws_from_the_first_frame_until_an_episode_starts():
     other = {**data, "image": data["image"].copy()}
     other["image"][:, 0] = 255 - other["image"][:, 0]
     z = jax.nn.one_hot(jax.random.randint(jax.random.key(0), (2, 6, TINY.latent_vars), 0, TINY.latent_classes), TINY.latent_classes)
-    a, b = model.reconstruct(data, z)["image"], model.reconstruct(other, z)["image"]
+    reconstruct = nnx.jit(lambda m, d: m.reconstruct(d, z)["image"])  # jitted: an eager pass compiles each operation apart
+    a, b = reconstruct(model, data), reconstruct(model, other)
     assert np.abs(a[:, :3] - b[:, :3]).min() > 0  # drawn from the first frame ...
     np.testing.assert_array_equal(a[:, 3:], b[:, 3:])  # ... but not across the episode start
     with pytest.raises(ValueError, match="context="):
