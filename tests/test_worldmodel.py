@@ -244,7 +244,7 @@ def test_ssm_eigenvalues_get_no_weight_decay():
     # And the optimiser really leaves them alone when gradients are zero.
     tx = optax.adamw(1.0, weight_decay=0.5, mask=decay_mask)
     zeros = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = tx.update(zeros, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params)  # jitted: eagerly, each leaf's operations compile apart
     values = dict(jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
     for path, u in jax.tree_util.tree_leaves_with_path(updates, is_leaf=lambda x: isinstance(x, nnx.Variable)):
         if jnp.any(values[path][...] != 0):  # decay of a zero parameter is zero anyway
