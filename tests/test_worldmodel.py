@@ -461,8 +461,8 @@ def test_decoding_from_features_reads_the_previous_backbone_output_and_trains_th
     model = WorldModel(dataclasses.replace(TINY, decode_from="features"), SPEC, rngs=nnx.Rngs(0))
     data, key = batch(T=6), jax.random.key(0)
     data["is_first"][:, 3] = True
-    observation = model.observe(data, key)
-    loss, metrics = model.loss_of(data, observation)
+    observation = nnx.jit(lambda m: m.observe(data, key))(model)  # jitted: an eager pass compiles each operation apart
+    loss, metrics = nnx.jit(lambda m, o: m.loss_of(data, o))(model, observation)
     # o_t is drawn from [y_{t-1}, z_t]: y_{t-1} zero at the sequence's start and at an episode's start.
     y_prev = np.asarray(model.previous_outputs(data, observation.y))
     np.testing.assert_array_equal(y_prev[:, [0, 3]], 0.0)
@@ -472,7 +472,7 @@ def test_decoding_from_features_reads_the_previous_backbone_output_and_trains_th
     np.testing.assert_allclose(metrics["image_loss"], expected, rtol=1e-5)
     # The reconstruction trains the backbone (with decode_from="latent" only the KL and the heads do).
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    grads = jax.grad(lambda p: nnx.merge(graphdef, p, rest).loss(data, key)[1]["image_loss"])(params)
+    grads = jax.jit(jax.grad(lambda p: nnx.merge(graphdef, p, rest).loss(data, key)[1]["image_loss"]))(params)
     assert float(optax.tree.norm(grads["backbone"])) > 0
     # Imagination and acting states carry the y each latent was drawn from.
     start = model.start(data, key)
