@@ -15,10 +15,10 @@ FAKE_DEVICES = r"--xla_force_host_platform_device_count=\d+"
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-# One compilation cache per session, shared by the xdist workers
-# and the processes the tests start (they inherit the variable): a program compiled again, as
-# every tiny agent's train step is, or a resumed run's, is read back. Fresh each session, so the
-# suite measures what a clean checkout takes; the session that made it (no xdist worker) removes it.
+# One compilation cache per session, shared by the xdist workers and the processes the tests
+# start (they inherit the variable): a program compiled again, as every tiny agent's train step
+# is, or a resumed run's, is read back. Fresh each session, so the suite measures what a clean
+# checkout takes; the session that made it (no xdist worker) removes it.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="reverie-tests-jax-")
     if "PYTEST_XDIST_WORKER" not in os.environ:

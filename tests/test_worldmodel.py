@@ -129,7 +129,7 @@ def test_posterior_hidden_adds_a_layer_and_leaves_the_other_parameters_as_drawn(
         dataclasses.replace(TINY, posterior_hidden=-1)
 
 
-# Each option's path trains in one of these (each variant is a compile of about 20 s on the CI's CPUs).
+# Each option's path trains in one of these (each variant is a compile of 15-20 s on 2 CPU cores).
 VARIANTS = {
     "plain": {},
     "skip-flow-distance": dict(decoder_skip=True, decoder_flow=True, decoder_distance=True),
