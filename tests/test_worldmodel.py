@@ -201,7 +201,7 @@ def test_next_proprio_regresses_the_next_observation_from_the_backbone_output_wi
     data, key = batch(T=6), jax.random.key(0)
     data["is_first"][0, 3] = True  # step 2 -> 3 crosses an episode boundary: not a target
     model = WorldModel(dataclasses.replace(TINY, next_proprio=2.0), SPEC, rngs=nnx.Rngs(0))
-    loss, metrics = nnx.jit(lambda m: m.loss(data, key))(model)  # jitted: an eager pass compiles each operation apart
+    loss, metrics = nnx.jit(lambda m: m.loss(data, key))(model)  # jitted here and below: an eager pass compiles each operation apart
     y = nnx.jit(lambda m: m.observe(data, key).y)(model)
     error = ((model.next_proprio(y[:, :-1]) - dist.symlog(data["proprio"][:, 1:])) ** 2).sum(-1)
     valid = 1.0 - data["is_first"][:, 1:]
@@ -316,7 +316,7 @@ def test_decoder_skip_draws_from_the_first_frame_until_an_episode_starts():
     other = {**data, "image": data["image"].copy()}
     other["image"][:, 0] = 255 - other["image"][:, 0]
     z = jax.nn.one_hot(jax.random.randint(jax.random.key(0), (2, 6, TINY.latent_vars), 0, TINY.latent_classes), TINY.latent_classes)
-    reconstruct = nnx.jit(lambda m, d: m.reconstruct(d, z)["image"])  # jitted: an eager pass compiles each operation apart
+    reconstruct = nnx.jit(lambda m, d: m.reconstruct(d, z)["image"])
     a, b = reconstruct(model, data), reconstruct(model, other)
     assert np.abs(a[:, :3] - b[:, :3]).min() > 0  # drawn from the first frame ...
     np.testing.assert_array_equal(a[:, 3:], b[:, 3:])  # ... but not across the episode start
@@ -461,7 +461,7 @@ def test_decoding_from_features_reads_the_previous_backbone_output_and_trains_th
     model = WorldModel(dataclasses.replace(TINY, decode_from="features"), SPEC, rngs=nnx.Rngs(0))
     data, key = batch(T=6), jax.random.key(0)
     data["is_first"][:, 3] = True
-    observation = nnx.jit(lambda m: m.observe(data, key))(model)  # jitted: an eager pass compiles each operation apart
+    observation = nnx.jit(lambda m: m.observe(data, key))(model)
     loss, metrics = nnx.jit(lambda m, o: m.loss_of(data, o))(model, observation)
     # o_t is drawn from [y_{t-1}, z_t]: y_{t-1} zero at the sequence's start and at an episode's start.
     y_prev = np.asarray(model.previous_outputs(data, observation.y))
