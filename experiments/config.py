@@ -43,7 +43,7 @@ class EnvConfig:
     """Off: proprio leaves velocities out (dmc/ and mjx/ tasks), and the agent must infer them from
     successive positions, as it must from pixels."""
     action_repeat: int | None = None
-    """Defaults to the suite's (2 for dmc, 1 for gym)."""
+    """None: the suite's (2 for dmc, 1 for gym). The small preset sets 8 for dm-control's cartpole (`TASK_DEFAULTS`)."""
     time_limit: int | None = None
     """Episode length in agent steps; defaults to the suite's."""
     supersample: int = 1
@@ -72,7 +72,7 @@ class Config:
     steps: int = 100_000
     """Environment steps (after action repeat) to train for."""
     train_ratio: float = 32.0
-    """Replayed steps per agent step (see the module docstring)."""
+    """Replayed steps per agent step (see the module docstring); the small preset's is 96, 440 on cartpole (`TASK_DEFAULTS`)."""
     batch: int = 16
     length: int = 64
     """Sequence length T of each replayed sequence."""
@@ -214,6 +214,27 @@ def compiled_defaults(config: Config) -> Config:
     return dataclasses.replace(config, env=dataclasses.replace(config.env, pixels=False, proprio=True), loop="compiled")
 
 
+# What a task changes in a preset's defaults, before the command line's flags override them: (preset, task) ->
+# (action repeat, train ratio). The small preset acts on cartpole every 8 physics steps, PlaNet's choice for it,
+# at 440 replayed steps per decision (55 per environment step; 48 at the preset's repeat of 2 and ratio 96).
+# From pixels at 100k steps, one seed each: swingup 470 where repeat 2 gave 143-219 on three seeds, balance 596
+# where it gave 465-573; about 2 hours a run (docs/agent-experiments.md, "Coarser control on cartpole from pixels").
+TASK_DEFAULTS: dict[tuple[str, str], tuple[int, float]] = {
+    ("small", "dmc/cartpole-swingup"): (8, 440.0),
+    ("small", "dmc/cartpole-balance"): (8, 440.0),
+}
+
+
+def task_defaults(config: Config, task: str) -> Config:
+    """`config`, a preset, with the defaults `task` changes in it (`compiled_defaults`, `TASK_DEFAULTS`)."""
+    if task.startswith("mjx/"):
+        return compiled_defaults(config)
+    if (config.preset, task) in TASK_DEFAULTS:
+        repeat, ratio = TASK_DEFAULTS[config.preset, task]
+        return dataclasses.replace(config, env=dataclasses.replace(config.env, action_repeat=repeat), train_ratio=ratio)
+    return config
+
+
 def _preset(**changes) -> Config:
     return dataclasses.replace(Config(), **changes)
 
@@ -244,7 +265,8 @@ PRESETS: dict[str, Config] = {
     # small preset's choices"): the actor learns by backpropagation through the dream, imagination starts
     # from a quarter of the replayed steps so that three times the updates fit in the same time, the SSM's
     # memory is bounded to a quarter of the training sequence, 64 latents (a 1.9M-parameter world model)
-    # and the patch stem. 100k environment steps from pixels in about 1.5 hours on 2 CPU cores.
+    # and the patch stem. 100k environment steps from pixels in 1.3 hours on 2 CPU cores at repeat 2, about 2 at
+    # the cartpole tasks' repeat of 8 and ratio 440 (`TASK_DEFAULTS`).
     "small": dataclasses.replace(
         _V3_SMALL, preset="small", train_ratio=96.0,
         model=dataclasses.replace(_V3_SMALL.model, latent_vars=64, patch=4,

@@ -51,7 +51,7 @@ from embodied.replay import Replay
 from embodied.stopping import StopSignals, save_if_whole
 from embodied.worldmodel import Spec
 from embodied.worldmodel.io import read_record, write_record
-from experiments.config import PRESETS, Config, cautions, compiled_defaults, resolve, validate
+from experiments.config import PRESETS, Config, cautions, resolve, task_defaults, validate
 
 # Fields that may change between a run and its resume; everything else must match the checkpoint.
 RESUMABLE_CHANGES = ("run", "steps", "log_every", "eval_every", "eval_episodes", "eval_dream", "save_every", "planner", "mpc", "devices", "compute_dtype")
@@ -66,8 +66,7 @@ def parse(argv: list[str] | None = None) -> Config:
     default = PRESETS[known.preset]
     if known.task is not None:
         rest = ["--task", known.task, *rest]
-        if known.task.startswith("mjx/"):
-            default = compiled_defaults(default)
+    default = task_defaults(default, known.task or default.task)
     config = tyro.cli(Config, default=default, args=rest,
                       description=f"{__doc__}\nPresets: {', '.join(sorted(PRESETS))} (--preset NAME before other flags).")
     config = resolve(config)

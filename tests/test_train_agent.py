@@ -240,6 +240,20 @@ def test_the_presets_length_relative_timescale_resolves_for_every_backbone_kind(
         make_backbone(BackboneConfig(dim=8, state=4, layers=1, timescale="auto"), rngs=nnx.Rngs(0))
 
 
+def test_the_small_preset_acts_on_cartpole_every_8_steps_unless_told_otherwise():
+    for argv in ([], ["--task", "dmc/cartpole-balance"], ["--seed", "3", "--task", "dmc/cartpole-swingup"]):
+        config = parse(argv)
+        assert (config.env.action_repeat, config.train_ratio) == (8, 440.0), argv
+    assert parse(["--env.action-repeat", "2", "--train-ratio", "96"]).env.action_repeat == 2  # a flag overrides it
+    assert parse(["--env.action-repeat", "None"]).env.action_repeat is None  # the suite's own, as before
+    for argv in (["--task", "dmc/cartpole-swingup_sparse"], ["--task", "dmc/cheetah-run"]):
+        config = parse(argv)
+        assert (config.env.action_repeat, config.train_ratio) == (None, 96.0), argv
+    for preset in ("v3-small", "debug"):  # DreamerV3's choices, and the tests' preset, keep the suite's repeat
+        assert parse(["--preset", preset, "--task", "dmc/cartpole-swingup"]).env.action_repeat is None
+    assert parse(["--task", "mjx/cartpole-swingup"]).loop == "compiled"
+
+
 def test_unknown_field_is_rejected():
     with pytest.raises(SystemExit):
         parse(["--preset", "debug", "--agent.horizonn", "3"])
