@@ -217,8 +217,8 @@ def compiled_defaults(config: Config) -> Config:
 # What a task changes in a preset's defaults, before the command line's flags override them: (preset, task) ->
 # (action repeat, train ratio). The small preset acts on cartpole every 8 physics steps, PlaNet's choice for it,
 # at 440 replayed steps per decision (55 per environment step; 48 at the preset's repeat of 2 and ratio 96).
-# From pixels at 100k steps, two seeds each: swingup 470 and 341 where repeat 2 gave 143-219 on three, balance 596
-# and 535 where it gave 465-573; 1 h 52 min to 2 h 56 min a run, by the day's machine speed
+# From pixels at 100k steps: swingup 470, 341 and 215 (mean 342) where repeat 2 gave 143-219 (mean 191), three
+# seeds each; balance 596 and 535 where it gave 465-573; 1 h 17 min to 2 h 56 min a run, by the day's machine speed
 # (docs/agent-experiments.md, "Coarser control on cartpole from pixels").
 TASK_DEFAULTS: dict[tuple[str, str], tuple[int, float]] = {
     ("small", "dmc/cartpole-swingup"): (8, 440.0),
