@@ -106,6 +106,9 @@ class CompiledLoop:
         self.per_iteration = self.envs * env.action_repeat  # environment steps
         self.per_update = config.batch * config.length
         self.mesh = make_mesh(config.devices)
+        # Jitted once: run eagerly, the vmapped MJX reset compiles each of its hundreds of operations
+        # apart (18 s against 3.5 s on the debug preset's cartpole, at every run's start).
+        self._start = jax.jit(self.start)
 
     # State.
 
@@ -132,15 +135,20 @@ class CompiledLoop:
     def init(self, agent_state: DreamerState, key: jax.Array, replay=None, env_steps: int = 0, debt: float = 0.0,
              updates: int = 0) -> Carry:
         key, reset_key = jax.random.split(key)
-        env = jax.vmap(self.env.reset)(jax.random.split(reset_key, self.envs))
+        env, obs = self._start(jax.random.split(reset_key, self.envs))
         if replay is None:
             replay = device_replay.init(_step_fields(self.env), self.config.replay.capacity, self.envs)
         N = self.envs
         return Carry(
-            agent=agent_state, env=env, obs=jax.vmap(self.env.observe)(env), reward=jnp.zeros(N),
+            agent=agent_state, env=env, obs=obs, reward=jnp.zeros(N),
             is_first=jnp.ones(N, bool), last=jnp.zeros(N, bool), score=jnp.zeros(N), policy=self.agent.init_policy(N),
             replay=replay, env_steps=jnp.asarray(env_steps, jnp.int32), debt=jnp.asarray(debt, jnp.float32),
             updates=jnp.asarray(updates, jnp.int32), key=key)
+
+    def start(self, keys: jax.Array) -> tuple[State, jax.Array]:
+        """New episodes in the environments, one a key, and their first observations."""
+        env = jax.vmap(self.env.reset)(keys)
+        return env, jax.vmap(self.env.observe)(env)
 
     # One iteration: act, record, step (or reset), train.
 
