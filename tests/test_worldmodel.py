@@ -103,10 +103,11 @@ def test_flow_decoder_starts_at_zero_flow_and_needs_the_skip_decoder(patch):
     decoder.convs[-1].kernel[...] = jnp.concatenate([kernel, last[..., 4:]], -1).reshape(decoder.convs[-1].kernel.shape)
     decoder.convs[-1].bias[...] = jnp.concatenate([plain.convs[-1].bias[...].reshape(groups, 4), jnp.zeros((groups, 2))], -1).reshape(-1)
     features = jax.random.normal(jax.random.key(3), (3, 8))
-    np.testing.assert_allclose(decoder(features, encoder.pyramid(frame)), plain(features, encoder.pyramid(frame)), atol=1e-5)
+    draw = nnx.jit(lambda d: d(features, encoder.pyramid(frame)))  # jitted here and below: an eager pass compiles each operation apart
+    np.testing.assert_allclose(draw(decoder), draw(plain), atol=1e-5)
 
     # The flow learns from the start: its weights get a gradient at zero.
-    grads = nnx.grad(lambda d: (d(features, encoder.pyramid(frame)) ** 2).sum())(decoder)
+    grads = nnx.jit(nnx.grad(lambda d: (d(features, encoder.pyramid(frame)) ** 2).sum()))(decoder)
     grad = grads["convs"][len(decoder.convs) - 1]["kernel"][...].reshape(3, 3, -1, groups, 6)
     assert (np.abs(grad[..., 4:]).sum((0, 1, 2)) > 0).all()
     with pytest.raises(ValueError, match="skip=True"):
@@ -164,7 +165,7 @@ def test_proprio_scale_weights_only_the_proprio_reconstruction():
     losses = {}
     for scale in (1.0, 3.0):
         model = WorldModel(dataclasses.replace(TINY, proprio_scale=scale), SPEC, rngs=nnx.Rngs(0))
-        losses[scale] = model.loss(data, key)
+        losses[scale] = nnx.jit(lambda m: m.loss(data, key))(model)  # jitted: an eager pass compiles each operation apart
     (one, metrics), (three, _) = losses[1.0], losses[3.0]
     np.testing.assert_allclose(three, one + 2 * metrics["proprio_loss"], rtol=1e-5)
     with pytest.raises(ValueError, match="model.proprio_scale=-1.0 cannot work"):
@@ -222,11 +223,16 @@ def test_kl_exempt_is_the_share_of_steps_within_an_episode_whose_kl_the_free_bit
     data, key = batch(B=2, T=8), jax.random.key(0)
     data["is_first"][1, 4] = True  # step 3 -> 4 crosses an episode boundary: not counted
     model = WorldModel(TINY, SPEC, rngs=nnx.Rngs(0))
-    observation = model.observe(data, key)
-    kl = np.asarray(dist.categorical_kl(observation.post[:, 1:], model.prior_logits(observation.y[:, :-1])))
+
+    @nnx.jit  # jitted here and below: an eager pass compiles each operation apart
+    def kl_of(m):
+        observation = m.observe(data, key)
+        return dist.categorical_kl(observation.post[:, 1:], m.prior_logits(observation.y[:, :-1]))
+
+    kl = np.asarray(kl_of(model))
     valid = ~data["is_first"][:, 1:]
     free = float(np.median(kl[valid]))
-    metrics = WorldModel(dataclasses.replace(TINY, free_nats=free), SPEC, rngs=nnx.Rngs(0)).loss(data, key)[1]
+    metrics = nnx.jit(lambda m: m.loss(data, key)[1])(WorldModel(dataclasses.replace(TINY, free_nats=free), SPEC, rngs=nnx.Rngs(0)))
     expected = (kl[valid] <= free).mean()
     assert 0 < expected < 1
     np.testing.assert_allclose(metrics["kl_exempt"], expected, rtol=1e-6)
@@ -256,7 +262,7 @@ def test_imagine_shapes_and_open_loop_actions(kind):
     config = WorldModelConfig(**{**TINY.__dict__, "backbone": BackboneConfig(kind=kind, dim=16, state=8, layers=1, heads=2, context=16)})
     model = WorldModel(config, SPEC, rngs=nnx.Rngs(0))
     data = batch(B=3, T=4)
-    start = model.start(data, jax.random.key(0))
+    start = nnx.jit(lambda m: m.start(data, jax.random.key(0)))(model)  # jitted here and below: an eager pass compiles each operation apart
     H = 5
     policy = lambda feat, key: jnp.tanh(feat[:, :2])  # noqa: E731
     traj = jax.jit(lambda s, k: imagine(model, policy, s, H, k, decode=True))(start, jax.random.key(1))
@@ -264,7 +270,7 @@ def test_imagine_shapes_and_open_loop_actions(kind):
     assert traj.rewards.shape == (3, H) and traj.continues.shape == (3, H)
     assert traj.frames.shape == (3, H, 16, 16, 3) and float(traj.frames.min()) >= 0.0
     recorded = jnp.ones((3, H, 2)) * 0.5
-    traj = imagine(model, None, start, H, jax.random.key(1), actions=recorded)
+    traj = jax.jit(lambda s, k: imagine(model, None, s, H, k, actions=recorded))(start, jax.random.key(1))
     np.testing.assert_array_equal(traj.actions, recorded)
 
 
@@ -322,9 +328,13 @@ def test_decoder_skip_draws_from_the_first_frame_until_an_episode_starts():
     np.testing.assert_array_equal(a[:, 3:], b[:, 3:])  # ... but not across the episode start
     with pytest.raises(ValueError, match="context="):
         model.decode(z)
-    start = model.start({k: jnp.asarray(v[:, :3]) for k, v in data.items()}, jax.random.key(1))
-    traj = imagine(model, None, start, 4, jax.random.key(2), actions=jnp.zeros((2, 4, 2)), decode=True, context=jnp.asarray(data["image"][:, 2]))
-    assert traj.frames.shape == (2, 4, 16, 16, 3)
+
+    @nnx.jit  # an eager pass compiles each operation apart
+    def dream(m):
+        start = m.start({k: jnp.asarray(v[:, :3]) for k, v in data.items()}, jax.random.key(1))
+        return imagine(m, None, start, 4, jax.random.key(2), actions=jnp.zeros((2, 4, 2)), decode=True, context=jnp.asarray(data["image"][:, 2]))
+
+    assert dream(model).frames.shape == (2, 4, 16, 16, 3)
 
 
 def test_decoder_distance_reads_the_steps_from_the_context_frame():
