@@ -99,8 +99,10 @@ def test_dreams_of_a_skip_decoder_draw_from_their_start_frame_at_the_steps_since
     starts = episode_starts(data, ("image", "proprio"))
     assert len({frame.tobytes() for frame in starts["image"]}) == 4
 
+    decode = nnx.jit(lambda m, z, frame, steps: m.decode(z, frame, distance=steps)["image"])  # eagerly, each operation compiles apart
+
     def drawn(state, frame, steps):
-        image = model.decode(state.z, jnp.asarray(frame), distance=jnp.asarray(steps))["image"]
+        image = decode(model, state.z, jnp.asarray(frame), jnp.asarray(steps))
         return np.asarray((jnp.clip(image + 0.5, 0.0, 1.0) * 255).astype(jnp.uint8))
 
     env = envs.DreamEnv(model=model, dataset=data, horizon=3)
