@@ -89,22 +89,25 @@ def test_sequence_then_step_equals_step_throughout(kind, conv):
     model = make_backbone(config, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (B, T, D))
     reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[1, 5].set(True).at[2, 9].set(True)
+    # Jitted, as imagination and training run them; eagerly, each operation compiles apart.
+    sequence = nnx.jit(lambda m, x, carry, reset: m.sequence(x, carry, reset))
+    step = nnx.jit(lambda m, x, carry, reset: m.step(x, carry, reset))
 
-    y_seq, carry_seq = model.sequence(x[:, :7], model.init_carry(B), reset[:, :7])
+    y_seq, carry_seq = sequence(model, x[:, :7], model.init_carry(B), reset[:, :7])
     ys = [y_seq[:, t] for t in range(7)]
     carry = carry_seq
     for t in range(7, T):
-        y, carry = model.step(x[:, t], carry, reset[:, t])
+        y, carry = step(model, x[:, t], carry, reset[:, t])
         ys.append(y)
     mixed = jnp.stack(ys, 1)
 
     carry = model.init_carry(B)
     stepped = []
     for t in range(T):
-        y, carry = model.step(x[:, t], carry, reset[:, t])
+        y, carry = step(model, x[:, t], carry, reset[:, t])
         stepped.append(y)
     stepped = jnp.stack(stepped, 1)
-    full, _ = model.sequence(x, model.init_carry(B), reset)
+    full, _ = sequence(model, x, model.init_carry(B), reset)
 
     np.testing.assert_allclose(mixed, stepped, atol=2e-4, rtol=2e-4)
     np.testing.assert_allclose(full, stepped, atol=2e-4, rtol=2e-4)
@@ -129,13 +132,13 @@ def test_states_are_the_carries_step_reaches(kind, conv):
     model = make_backbone(BackboneConfig(kind=kind, dim=D, layers=2, state=8, heads=2, context=4, conv=conv), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(2), (B, T, D))
     reset = jnp.zeros((B, T), bool).at[:, 0].set(True).at[0, 4].set(True)
-    y_all, carries = model.states(x, model.init_carry(B), reset)
-    y_seq, final = model.sequence(x, model.init_carry(B), reset)
+    y_all, carries = nnx.jit(lambda m: m.states(x, m.init_carry(B), reset))(model)  # jitted: eagerly, each operation compiles apart
+    y_seq, final = nnx.jit(lambda m: m.sequence(x, m.init_carry(B), reset))(model)
     np.testing.assert_allclose(y_all, y_seq, atol=1e-5)
     jax.tree.map(lambda c, f: np.testing.assert_allclose(c[:, -1], f, atol=1e-5), carries, final)
     # Continuing from the carry after step 5 gives what stepping through gives.
     mid = jax.tree.map(lambda c: c[:, 5], carries)
-    y_from_mid, _ = model.step(x[:, 6], mid, reset[:, 6])
+    y_from_mid, _ = nnx.jit(lambda m, carry: m.step(x[:, 6], carry, reset[:, 6]))(model, mid)
     np.testing.assert_allclose(y_from_mid, y_seq[:, 6], atol=2e-4, rtol=2e-4)
 
 
