@@ -218,8 +218,8 @@ def compiled_defaults(config: Config) -> Config:
 # (action repeat, train ratio). The small preset acts on cartpole every 8 physics steps, PlaNet's choice for it,
 # at 440 replayed steps per decision (55 per environment step; 48 at the preset's repeat of 2 and ratio 96).
 # From pixels at 100k steps: swingup 470, 341 and 215 (mean 342) where repeat 2 gave 143-219 (mean 191), three
-# seeds each; balance 596 and 535 where it gave 465-573; 1 h 17 min to 2 h 56 min a run, by the day's machine speed
-# (docs/agent-experiments.md, "Coarser control on cartpole from pixels").
+# seeds each; balance 596, 535 and 562 (mean 564) where it gave 465-573 (mean 501); 1 h 16 min to 2 h 56 min a run,
+# by the day's machine speed (docs/agent-experiments.md, "Coarser control on cartpole from pixels").
 TASK_DEFAULTS: dict[tuple[str, str], tuple[int, float]] = {
     ("small", "dmc/cartpole-swingup"): (8, 440.0),
     ("small", "dmc/cartpole-balance"): (8, 440.0),
