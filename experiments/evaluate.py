@@ -16,7 +16,8 @@ observations, which have the dream's spaces:
     python -m experiments.evaluate --checkpoint runs/wm --policy my_agent:load_policy --observation latent
 
 The policy acts with its mode (no exploration noise); `--planner mpc` plans in
-latent space instead of using the actor. Prints the mean and standard deviation
+latent space instead of using the actor, with the run's `mpc` settings or
+`--mpc-horizon` and `--mpc-samples` in their place. Prints the mean and standard deviation
 of the return and writes a video of the first episode.
 
 `--dream H` checks the dream against the world: from every state the actor's
@@ -69,6 +70,10 @@ class Args:
     dream_samples: int = 1
     """With --dream: the mean of this many dreams from each state (the prior's samples differ), so that
     the error left is not their spread."""
+    mpc_horizon: int | None = None
+    """With --planner mpc: decisions planned ahead, instead of the run's `mpc.horizon`."""
+    mpc_samples: int | None = None
+    """With --planner mpc: action sequences scored per iteration, instead of the run's `mpc.samples`."""
 
 
 def load_policy(spec: str):
@@ -135,6 +140,11 @@ def main(args: Args) -> dict:
     config, agent, state, step = load(args.checkpoint)
     if args.planner is not None:
         config = dataclasses.replace(config, planner=args.planner)
+    planning = {name: value for name, value in (("horizon", args.mpc_horizon), ("samples", args.mpc_samples)) if value is not None}
+    if planning:
+        if config.planner != "mpc":
+            raise ValueError(f"--mpc-horizon and --mpc-samples set the planner: they take --planner mpc (the run's is {config.planner!r}).")
+        config = dataclasses.replace(config, mpc=dataclasses.replace(config.mpc, **planning))
     if args.dream is not None and config.planner != "actor":
         raise ValueError(f"--dream imagines with the actor from the states it visits: it takes --planner actor (the run's is {config.planner!r}).")
     run = config.run_dir if args.checkpoint.name == "checkpoints" else args.checkpoint
@@ -144,6 +154,8 @@ def main(args: Args) -> dict:
     result = {"task": config.task, "env_steps": step, "planner": config.planner, "episodes": args.episodes,
               "fresh_every": args.fresh_every,
               "mean": float(np.mean(scores)), "std": float(np.std(scores)), "returns": [float(s) for s in scores]}
+    if config.planner == "mpc":
+        result["mpc"] = dataclasses.asdict(config.mpc)
     if gap is not None:
         result["dream"] = {"horizon": args.dream, "samples": args.dream_samples, **gap}
     print(json.dumps(result))

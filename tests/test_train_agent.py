@@ -72,6 +72,18 @@ def test_evaluate_reports_mean_and_std_with_a_video(run, tmp_path):
     assert video.stat().st_size > 0
 
 
+def test_evaluate_plans_with_mpc_settings_given_on_the_command_line(run, tmp_path):
+    run, _ = run
+    result = evaluate_script.main(evaluate_script.Args(checkpoint=run, episodes=1, planner="mpc", mpc_horizon=3,
+                                                       mpc_samples=64, video=tmp_path / "mpc.gif"))
+    assert result["planner"] == "mpc" and np.isfinite(result["mean"])
+    assert result["mpc"]["horizon"] == 3 and result["mpc"]["samples"] == 64
+    with pytest.raises(ValueError, match="take --planner mpc"):
+        evaluate_script.main(evaluate_script.Args(checkpoint=run, mpc_horizon=3))
+    with pytest.raises(ValueError, match="mpc.horizon"):
+        evaluate_script.main(evaluate_script.Args(checkpoint=run, planner="mpc", mpc_horizon=0))
+
+
 def test_evaluate_can_start_the_policy_state_afresh_every_n_steps(run, tmp_path, monkeypatch):
     from experiments.train import Acting
 
